@@ -13,7 +13,7 @@ pub mod plan;
 pub mod profile;
 
 pub use diagnostic::{Diagnostic, Severity};
-pub use load::{MODBUS_MAX_BITS, MODBUS_MAX_REGISTERS, load_file, load_path, load_str};
+pub use load::{LoadedFile, MODBUS_MAX_BITS, MODBUS_MAX_REGISTERS, load_file, load_path, load_str};
 pub use profile::{Category, DataType, Point, Profile, ReadLimits, Table, WordOrder};
 
 /// The folder of the shipped profile library, as seen from the source tree.

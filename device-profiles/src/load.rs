@@ -89,12 +89,15 @@ pub fn load_str(path: &Path, text: &str) -> Result<Profile, Vec<Diagnostic>> {
     }
 }
 
+/// One file found by [`load_path`] and what became of it.
+pub type LoadedFile = (PathBuf, Result<Profile, Vec<Diagnostic>>);
+
 /// Loads every `*.toml` file under `path` (recursively, in name order), or `path` itself when
 /// it is a file.
 ///
 /// # Errors
 /// A diagnostic when the folder cannot be read; problems in individual files are in the list.
-pub fn load_path(path: &Path) -> Result<Vec<(PathBuf, Result<Profile, Vec<Diagnostic>>)>, Diagnostic> {
+pub fn load_path(path: &Path) -> Result<Vec<LoadedFile>, Diagnostic> {
     let mut files = Vec::new();
     collect_toml(path, &mut files).map_err(|e| Diagnostic {
         file: path.to_path_buf(),
@@ -143,7 +146,9 @@ fn profile_id(path: &Path) -> String {
 fn tidy_serde_message(message: &str) -> String {
     let message = message.trim_end();
     if let Some(rest) = message.strip_prefix("unknown field ") {
-        format!("unknown key {rest}; check the spelling (device-profiles/README.md lists every key)")
+        format!(
+            "unknown key {rest}; check the spelling (device-profiles/README.md lists every key)"
+        )
     } else if let Some(rest) = message.strip_prefix("missing field ") {
         format!("missing key {rest}")
     } else {
@@ -305,13 +310,31 @@ impl Checker<'_> {
             .and_then(|o| self.word_order(&o))
             .unwrap_or_default();
         if let Some(v) = raw.max_registers {
-            limits.max_registers = self.bounded(&v, 1, MODBUS_MAX_REGISTERS, "max_registers", "Modbus allows at most 125 registers per read");
+            limits.max_registers = self.bounded(
+                &v,
+                1,
+                MODBUS_MAX_REGISTERS,
+                "max_registers",
+                "Modbus allows at most 125 registers per read",
+            );
         }
         if let Some(v) = raw.max_bits {
-            limits.max_bits = self.bounded(&v, 1, MODBUS_MAX_BITS, "max_bits", "Modbus allows at most 2000 coils or discrete inputs per read");
+            limits.max_bits = self.bounded(
+                &v,
+                1,
+                MODBUS_MAX_BITS,
+                "max_bits",
+                "Modbus allows at most 2000 coils or discrete inputs per read",
+            );
         }
         if let Some(v) = raw.max_gap {
-            limits.max_gap = self.bounded(&v, 0, MODBUS_MAX_BITS, "max_gap", "it is the number of unused registers a read may bridge");
+            limits.max_gap = self.bounded(
+                &v,
+                0,
+                MODBUS_MAX_BITS,
+                "max_gap",
+                "it is the number of unused registers a read may bridge",
+            );
         }
         limits.single_point = raw.single_point.unwrap_or(false);
         (limits, order)
@@ -323,7 +346,10 @@ impl Checker<'_> {
             _ => {
                 self.error(
                     v.span(),
-                    format!("`{field}` = {} is out of range; use {min} to {max} ({why})", v.get_ref()),
+                    format!(
+                        "`{field}` = {} is out of range; use {min} to {max} ({why})",
+                        v.get_ref()
+                    ),
                 );
                 max.min(MODBUS_MAX_REGISTERS)
             }
@@ -439,10 +465,7 @@ impl Checker<'_> {
             }
             (Some(m), None) => m.kind,
             (None, Some(k)) => {
-                self.error(
-                    k.span(),
-                    format!("point `{name}`: `kind` needs a `metric`"),
-                );
+                self.error(k.span(), format!("point `{name}`: `kind` needs a `metric`"));
                 Kind::Gauge
             }
             (None, None) => Kind::Gauge,
@@ -468,7 +491,10 @@ impl Checker<'_> {
         };
         let offset = match &raw.offset {
             Some(o) if !o.get_ref().is_finite() => {
-                self.error(o.span(), format!("point `{name}`: `offset` must be a finite number"));
+                self.error(
+                    o.span(),
+                    format!("point `{name}`: `offset` must be a finite number"),
+                );
                 0.0
             }
             Some(o) => *o.get_ref(),
@@ -541,14 +567,15 @@ impl Checker<'_> {
             }
             1 => {}
             _ => {
-                self.error(given[1].span(), format!("point `{name}`: give only one of `address`, `register` and `number`"));
+                self.error(
+                    given[1].span(),
+                    format!("point `{name}`: give only one of `address`, `register` and `number`"),
+                );
                 return None;
             }
         }
         if let Some(a) = &raw.address {
-            let Some(table) = self.require_table(name, table, span) else {
-                return None;
-            };
+            let table = self.require_table(name, table, span)?;
             return match u16::try_from(*a.get_ref()) {
                 Ok(addr) => Some((table, addr)),
                 Err(_) => {
@@ -558,9 +585,7 @@ impl Checker<'_> {
             };
         }
         if let Some(n) = &raw.number {
-            let Some(table) = self.require_table(name, table, span) else {
-                return None;
-            };
+            let table = self.require_table(name, table, span)?;
             return match u16::try_from(*n.get_ref() - 1) {
                 Ok(addr) if *n.get_ref() >= 1 => Some((table, addr)),
                 _ => {
@@ -591,7 +616,12 @@ impl Checker<'_> {
         Some((implied, addr))
     }
 
-    fn require_table(&mut self, name: &str, table: Option<Table>, span: &Range<usize>) -> Option<Table> {
+    fn require_table(
+        &mut self,
+        name: &str,
+        table: Option<Table>,
+        span: &Range<usize>,
+    ) -> Option<Table> {
         if table.is_none() {
             self.error(span.clone(), format!("point `{name}` needs `table` (\"holding\", \"input\", \"coil\" or \"discrete\")"));
         }
@@ -642,14 +672,26 @@ impl Checker<'_> {
             }
         };
         if raw.bit.is_some() && !matches!(data_type, DataType::Bit(_)) {
-            self.error(raw.bit.as_ref().map_or(0..0, Spanned::span), format!("point `{name}`: `bit` only goes with type \"bit\""));
+            self.error(
+                raw.bit.as_ref().map_or(0..0, Spanned::span),
+                format!("point `{name}`: `bit` only goes with type \"bit\""),
+            );
         }
         if raw.length.is_some() && !matches!(data_type, DataType::Ascii(_)) {
-            self.error(raw.length.as_ref().map_or(0..0, Spanned::span), format!("point `{name}`: `length` only goes with type \"string\""));
+            self.error(
+                raw.length.as_ref().map_or(0..0, Spanned::span),
+                format!("point `{name}`: `length` only goes with type \"string\""),
+            );
         }
         match (table.is_bits(), data_type == DataType::Bool) {
             (true, false) => {
-                self.error(raw.data_type.span(), format!("point `{name}`: the {} table holds single bits; use type \"bool\"", table.as_str()));
+                self.error(
+                    raw.data_type.span(),
+                    format!(
+                        "point `{name}`: the {} table holds single bits; use type \"bool\"",
+                        table.as_str()
+                    ),
+                );
                 None
             }
             (false, true) => {
@@ -660,10 +702,18 @@ impl Checker<'_> {
         }
     }
 
-    fn unit(&mut self, name: &str, raw: &RawPoint, metric: Option<&'static fivezero_model::Metric>) -> (String, Conversion) {
+    fn unit(
+        &mut self,
+        name: &str,
+        raw: &RawPoint,
+        metric: Option<&'static fivezero_model::Metric>,
+    ) -> (String, Conversion) {
         let Some(metric) = metric else {
             if let Some(u) = &raw.unit {
-                self.error(u.span(), format!("point `{name}` has a unit but no metric; give it a `metric`"));
+                self.error(
+                    u.span(),
+                    format!("point `{name}` has a unit but no metric; give it a `metric`"),
+                );
             }
             return (String::new(), Conversion::IDENTITY);
         };
@@ -672,14 +722,23 @@ impl Checker<'_> {
         };
         if matches!(metric.kind, Kind::State | Kind::Info) {
             if !unit.get_ref().is_empty() {
-                self.error(unit.span(), format!("point `{name}`: metric `{}` is a {} and has no unit; remove `unit`", metric.id, metric.kind));
+                self.error(
+                    unit.span(),
+                    format!(
+                        "point `{name}`: metric `{}` is a {} and has no unit; remove `unit`",
+                        metric.id, metric.kind
+                    ),
+                );
             }
             return (String::new(), Conversion::IDENTITY);
         }
         match units::conversion(unit.get_ref(), metric.unit) {
             Ok(c) => (unit.get_ref().clone(), c),
             Err(e) => {
-                self.error(unit.span(), format!("point `{name}` (metric `{}`): {e}", metric.id));
+                self.error(
+                    unit.span(),
+                    format!("point `{name}` (metric `{}`): {e}", metric.id),
+                );
                 (unit.get_ref().clone(), Conversion::IDENTITY)
             }
         }
@@ -690,7 +749,10 @@ impl Checker<'_> {
             return BTreeMap::new();
         };
         if kind != Kind::State {
-            self.error(labels.span(), format!("point `{name}`: `labels` only go on state metrics"));
+            self.error(
+                labels.span(),
+                format!("point `{name}`: `labels` only go on state metrics"),
+            );
         }
         let mut out = BTreeMap::new();
         for (key, label) in labels.get_ref() {
@@ -704,12 +766,21 @@ impl Checker<'_> {
         out
     }
 
-    fn flags(&mut self, name: &str, raw: &RawPoint, kind: Kind, data_type: DataType) -> BTreeMap<u8, String> {
+    fn flags(
+        &mut self,
+        name: &str,
+        raw: &RawPoint,
+        kind: Kind,
+        data_type: DataType,
+    ) -> BTreeMap<u8, String> {
         let Some(flags) = &raw.flags else {
             return BTreeMap::new();
         };
         if kind != Kind::State {
-            self.error(flags.span(), format!("point `{name}`: `flags` only go on state metrics"));
+            self.error(
+                flags.span(),
+                format!("point `{name}`: `flags` only go on state metrics"),
+            );
         }
         let bits = u32::from(data_type.width()) * 16;
         let mut out = BTreeMap::new();
@@ -718,7 +789,14 @@ impl Checker<'_> {
                 Ok(k) if u32::from(k) < bits => {
                     out.insert(k, label.clone());
                 }
-                _ => self.error(flags.span(), format!("point `{name}`: flag bit {key:?} is not a bit of a {}; use 0 to {}", data_type.as_str(), bits - 1)),
+                _ => self.error(
+                    flags.span(),
+                    format!(
+                        "point `{name}`: flag bit {key:?} is not a bit of a {}; use 0 to {}",
+                        data_type.as_str(),
+                        bits - 1
+                    ),
+                ),
             }
         }
         out
@@ -729,11 +807,18 @@ impl Checker<'_> {
             return Vec::new();
         };
         if !data_type.is_numeric() || matches!(data_type, DataType::Bool | DataType::Bit(_)) {
-            self.error(list.span(), format!("point `{name}`: `not_available` applies to numeric register types only"));
+            self.error(
+                list.span(),
+                format!("point `{name}`: `not_available` applies to numeric register types only"),
+            );
             return Vec::new();
         }
         let width_bits = u32::from(data_type.width()) * 16;
-        let mask = if width_bits >= 64 { u64::MAX } else { (1u64 << width_bits) - 1 };
+        let mask = if width_bits >= 64 {
+            u64::MAX
+        } else {
+            (1u64 << width_bits) - 1
+        };
         let mut out = Vec::new();
         for item in list.get_ref() {
             let value = match item.get_ref() {
@@ -746,8 +831,14 @@ impl Checker<'_> {
                     fits.then(|| i.cast_unsigned() & mask)
                 }
                 RawPattern::Text(s) => {
-                    let digits = s.trim().trim_start_matches("0x").trim_start_matches("0X").replace('_', "");
-                    u64::from_str_radix(&digits, 16).ok().filter(|v| *v & !mask == 0)
+                    let digits = s
+                        .trim()
+                        .trim_start_matches("0x")
+                        .trim_start_matches("0X")
+                        .replace('_', "");
+                    u64::from_str_radix(&digits, 16)
+                        .ok()
+                        .filter(|v| *v & !mask == 0)
                 }
             };
             match value {
@@ -797,14 +888,19 @@ impl Checker<'_> {
             .collect();
         let mut used_as_factor = vec![false; points.len()];
         for i in 0..points.len() {
-            let Some(sf) = points[i].scale_factor.clone() else { continue };
+            let Some(sf) = points[i].scale_factor.clone() else {
+                continue;
+            };
             let name = points[i].point.name.clone();
             let Some(&j) = index.get(sf.get_ref()) else {
                 self.error(sf.span(), format!("point `{name}`: scale_factor {:?} is not a point of this profile; define it as a point of type \"i16\"", sf.get_ref()));
                 continue;
             };
             if i == j {
-                self.error(sf.span(), format!("point `{name}` cannot be its own scale factor"));
+                self.error(
+                    sf.span(),
+                    format!("point `{name}` cannot be its own scale factor"),
+                );
                 continue;
             }
             // Referenced, even if wrongly: one error for the link, not a second for the helper.
@@ -843,7 +939,11 @@ impl Checker<'_> {
                     break;
                 }
                 if !compatible(a, b) {
-                    let (first, second) = if points[i].span.start < points[j].span.start { (i, j) } else { (j, i) };
+                    let (first, second) = if points[i].span.start < points[j].span.start {
+                        (i, j)
+                    } else {
+                        (j, i)
+                    };
                     let f = &points[first].point;
                     let s = &points[second].point;
                     errors.push((

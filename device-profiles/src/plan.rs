@@ -112,7 +112,11 @@ pub fn plan(profile: &Profile, due: &[usize]) -> Vec<ReadRequest> {
     }
     let units = units(profile, &readable);
     let gap = u32::from(profile.limits.max_gap);
-    out.extend(greedy(profile, units, gap).into_iter().map(Group::into_request));
+    out.extend(
+        greedy(profile, units, gap)
+            .into_iter()
+            .map(Group::into_request),
+    );
     out.sort_by(|a, b| {
         (a.table, a.start, a.count, &a.points).cmp(&(b.table, b.start, b.count, &b.points))
     });
@@ -158,7 +162,8 @@ pub fn minimum_requests(profile: &Profile, due: &[usize]) -> usize {
 ///
 /// Helper points (no metric) are never due on their own: they are listed exactly when a due
 /// point uses them (transitively) as its scale factor, whatever their own interval. A device
-/// interval of zero, or arithmetic past `u128` nanoseconds, makes every point due.
+/// interval of zero makes every point due, and so does, for the point concerned, time
+/// arithmetic past `u128` nanoseconds (cycle numbers no poller reaches).
 #[must_use]
 pub fn due_points(profile: &Profile, device_interval: Duration, cycle: u64) -> Vec<usize> {
     let due: Vec<usize> = profile
@@ -211,11 +216,8 @@ fn needed(profile: &Profile, due: &[usize]) -> Vec<usize> {
             continue;
         }
         *seen = true;
-        if let Some(sf) = profile.points.get(i).and_then(|p| p.scale_factor) {
-            if sf < n {
-                stack.push(sf);
-            }
-        }
+        let sf = profile.points.get(i).and_then(|p| p.scale_factor);
+        stack.extend(sf.filter(|&sf| sf < n));
     }
     mark.iter()
         .enumerate()
@@ -412,19 +414,24 @@ impl Group {
 /// The greedy over units sorted by (table, start, end): fewest groups (see module docs).
 fn greedy(profile: &Profile, mut units: Vec<Unit>, max_gap: u32) -> Vec<Group> {
     units.sort_unstable_by(|a, b| {
-        (a.table, a.start, a.end, a.points.first()).cmp(&(b.table, b.start, b.end, b.points.first()))
+        (a.table, a.start, a.end, a.points.first()).cmp(&(
+            b.table,
+            b.start,
+            b.end,
+            b.points.first(),
+        ))
     });
     let mut groups: Vec<Group> = Vec::new();
     for unit in units {
-        if let Some(g) = groups.last_mut() {
-            if g.table == unit.table
+        let open = groups.last_mut().filter(|g| {
+            g.table == unit.table
                 && unit.end.max(g.end).saturating_sub(g.start) <= limit(profile, unit.table)
                 && unit.start.saturating_sub(g.end) <= max_gap
-            {
-                g.end = g.end.max(unit.end);
-                g.points.extend(unit.points);
-                continue;
-            }
+        });
+        if let Some(g) = open {
+            g.end = g.end.max(unit.end);
+            g.points.extend(unit.points);
+            continue;
         }
         groups.push(Group {
             table: unit.table,

@@ -1,6 +1,6 @@
 //! The validated form of a device profile.
 //!
-//! [`crate::load`] turns a TOML file into a [`Profile`]; everything here has already been checked,
+//! [`crate::load_file`] turns a TOML file into a [`Profile`]; everything here has already been checked,
 //! so the planner and the codec never meet an address past 65535, a scale-factor point that is
 //! not an `i16`, an unknown metric or a unit of the wrong dimension.
 

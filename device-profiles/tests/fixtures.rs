@@ -38,7 +38,10 @@ struct Bits {
     table: String,
     address: u16,
     values: Vec<bool>,
-    #[expect(dead_code, reason = "required in the file so a reader knows what the bits prove")]
+    #[expect(
+        dead_code,
+        reason = "required in the file so a reader knows what the bits prove"
+    )]
     origin: Origin,
 }
 
@@ -72,9 +75,14 @@ fn fixture_path(profile: &Profile) -> PathBuf {
 
 fn check(profile: &Profile) -> Vec<String> {
     let path = fixture_path(profile);
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: every shipped profile needs a fixture: {e}", path.display()));
-    let fixture: Fixture = toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: every shipped profile needs a fixture: {e}",
+            path.display()
+        )
+    });
+    let fixture: Fixture =
+        toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let mut image = RegisterImage::new();
     for w in &fixture.words {
         image.put_registers(table(&w.table), w.address, &w.values);
@@ -98,7 +106,9 @@ fn check(profile: &Profile) -> Vec<String> {
         };
         let ok = match (expected, &got) {
             (toml::Value::Float(_) | toml::Value::Integer(_), Decoded::Number(v)) => {
-                let want = expected.as_float().unwrap_or_else(|| expected.as_integer().unwrap() as f64);
+                let want = expected
+                    .as_float()
+                    .unwrap_or_else(|| expected.as_integer().unwrap() as f64);
                 (v - want).abs() <= 1e-6 * want.abs().max(1e-9)
             }
             (toml::Value::String(s), Decoded::NotAvailable(_)) => s == "not_available",
@@ -106,12 +116,17 @@ fn check(profile: &Profile) -> Vec<String> {
             _ => false,
         };
         if !ok {
-            problems.push(format!("point `{}`: expected {expected}, decoded {got:?}", point.name));
+            problems.push(format!(
+                "point `{}`: expected {expected}, decoded {got:?}",
+                point.name
+            ));
         }
     }
     for name in fixture.expect.keys() {
         if profile.point(name).is_none_or(|p| p.metric.is_none()) {
-            problems.push(format!("expectation for `{name}`, which is not a reading point of the profile"));
+            problems.push(format!(
+                "expectation for `{name}`, which is not a reading point of the profile"
+            ));
         }
     }
     problems
@@ -133,9 +148,16 @@ fn every_shipped_profile_decodes_its_fixture_words_to_the_expected_values() {
 
 #[test]
 fn the_sdm630_fixture_includes_the_reference_capture() {
-    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/eastron-sdm630.toml")).unwrap();
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/eastron-sdm630.toml"),
+    )
+    .unwrap();
     let fixture: Fixture = toml::from_str(&text).unwrap();
-    let import = fixture.words.iter().find(|w| w.address == 0x48).expect("import energy words");
+    let import = fixture
+        .words
+        .iter()
+        .find(|w| w.address == 0x48)
+        .expect("import energy words");
     assert_eq!(import.values, [0x447A, 0x0000]);
     assert_eq!(import.origin, Origin::Reference);
 }

@@ -69,15 +69,30 @@ labels = { 0 = "off", 1 = "firing" }
     assert_eq!(p.limits.max_registers, 60);
     assert_eq!(p.limits.max_gap, 4);
     let energy = p.point("energy").unwrap();
-    assert_eq!(energy.order, WordOrder::Cdab, "profile default order applies");
+    assert_eq!(
+        energy.order,
+        WordOrder::Cdab,
+        "profile default order applies"
+    );
     assert_eq!(energy.data_type, DataType::U32);
     assert_eq!(energy.not_available, vec![0xFFFF_FFFF]);
-    assert!((energy.conversion.apply(1000.0) - 1.0).abs() < 1e-12, "Wh -> kWh");
+    assert!(
+        (energy.conversion.apply(1000.0) - 1.0).abs() < 1e-12,
+        "Wh -> kWh"
+    );
     let power = p.point("power").unwrap();
-    assert_eq!((power.table, power.address), (Table::Input, 0), "30001 is input 0");
+    assert_eq!(
+        (power.table, power.address),
+        (Table::Input, 0),
+        "30001 is input 0"
+    );
     assert_eq!(power.order, WordOrder::Abcd, "per-point order overrides");
     let state = p.point("state").unwrap();
-    assert_eq!((state.table, state.address), (Table::Holding, 4), "number 5 is address 4");
+    assert_eq!(
+        (state.table, state.address),
+        (Table::Holding, 4),
+        "number 5 is address 4"
+    );
     assert_eq!(state.labels.get(&1).map(String::as_str), Some("firing"));
 }
 
@@ -93,7 +108,10 @@ adress = 3
 type = "f32"
 "#,
     );
-    assert!(e.starts_with("acme-m1.toml:11:1: error: unknown key `adress`"), "{e}");
+    assert!(
+        e.starts_with("acme-m1.toml:11:1: error: unknown key `adress`"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -236,7 +254,10 @@ type = "f32"
 unit = "kwh"
 "#,
     );
-    assert!(e.contains("unknown unit \"kwh\"; did you mean \"kWh\"?"), "{e}");
+    assert!(
+        e.contains("unknown unit \"kwh\"; did you mean \"kWh\"?"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -295,7 +316,10 @@ type = "i16"
 scale_factor = "W_SFF"
 "#,
     );
-    assert!(e.contains("scale_factor \"W_SFF\" is not a point of this profile"), "{e}");
+    assert!(
+        e.contains("scale_factor \"W_SFF\" is not a point of this profile"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -397,7 +421,10 @@ address = 2
 type = "f32"
 "#,
     );
-    assert!(e.contains("metric `electricity.frequency` is already reported by the point at line 7"), "{e}");
+    assert!(
+        e.contains("metric `electricity.frequency` is already reported by the point at line 7"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -412,7 +439,10 @@ register = 30005
 type = "u16"
 "#,
     );
-    assert!(e.contains("register 30005 is in the input table but `table` says holding"), "{e}");
+    assert!(
+        e.contains("register 30005 is in the input table but `table` says holding"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -426,7 +456,10 @@ register = 5
 type = "u16"
 "#,
     );
-    assert!(e.contains("for a plain 0-based address use `address`, for a 1-based number use `number`"), "{e}");
+    assert!(
+        e.contains("for a plain 0-based address use `address`, for a 1-based number use `number`"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -442,7 +475,10 @@ number = 5
 type = "u16"
 "#,
     );
-    assert!(e.contains("give only one of `address`, `register` and `number`"), "{e}");
+    assert!(
+        e.contains("give only one of `address`, `register` and `number`"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -458,7 +494,10 @@ type = "f32"
 kind = "gauge"
 "#,
     );
-    assert!(e.contains("kind = \"gauge\" but metric `electricity.import_energy` is a counter"), "{e}");
+    assert!(
+        e.contains("kind = \"gauge\" but metric `electricity.import_energy` is a counter"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -473,7 +512,10 @@ address = 0
 type = "bool"
 "#,
     );
-    assert!(e.contains("type \"bool\" is for coils and discrete inputs"), "{e}");
+    assert!(
+        e.contains("type \"bool\" is for coils and discrete inputs"),
+        "{e}"
+    );
     let e = the_one_refusal(
         r#"
 [[point]]
@@ -484,7 +526,10 @@ address = 0
 type = "u16"
 "#,
     );
-    assert!(e.contains("the coil table holds single bits; use type \"bool\""), "{e}");
+    assert!(
+        e.contains("the coil table holds single bits; use type \"bool\""),
+        "{e}"
+    );
 }
 
 #[test]
@@ -500,7 +545,10 @@ type = "i16"
 not_available = [0x18000]
 "#,
     );
-    assert!(e.contains("sentinel does not fit in a i16 (16 bits)"), "{e}");
+    assert!(
+        e.contains("sentinel does not fit in a i16 (16 bits)"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -527,7 +575,10 @@ not_available = ["0x8000000000000000"]
     );
     let p = load_str(Path::new("acme-m1.toml"), &text).expect("valid");
     assert_eq!(p.point("p").unwrap().not_available, vec![0x8000]);
-    assert_eq!(p.point("e").unwrap().not_available, vec![0x8000_0000_0000_0000]);
+    assert_eq!(
+        p.point("e").unwrap().not_available,
+        vec![0x8000_0000_0000_0000]
+    );
 }
 
 #[test]
@@ -567,7 +618,9 @@ type = "f32"
 "#;
     let e = load_str(Path::new("acme-m1.toml"), &text).unwrap_err();
     assert_eq!(e.len(), 1);
-    assert!(e[0].to_string().starts_with("acme-m1.toml:4:12: error: unknown category \"metre\"; use one of: meter, pv_inverter"));
+    assert!(e[0].to_string().starts_with(
+        "acme-m1.toml:4:12: error: unknown category \"metre\"; use one of: meter, pv_inverter"
+    ));
 }
 
 #[test]
@@ -585,7 +638,10 @@ address = 0
 type = "f32"
 "#,
     );
-    assert!(e.contains("`max_registers` = 200 is out of range; use 1 to 125"), "{e}");
+    assert!(
+        e.contains("`max_registers` = 200 is out of range; use 1 to 125"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -594,19 +650,37 @@ fn the_shipped_library_loads_without_errors() {
     assert!(!loaded.is_empty());
     for (path, result) in loaded {
         if let Err(ds) = result {
-            panic!("{} refused:\n{}", path.display(), ds.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"));
+            panic!(
+                "{} refused:\n{}",
+                path.display(),
+                ds.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
         }
     }
 }
 
 #[test]
 fn the_example_in_the_readme_is_a_valid_profile() {
-    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
     let start = readme.find("```toml\n").expect("a toml block") + "```toml\n".len();
     let end = start + readme[start..].find("```").unwrap();
-    let p = load_str(Path::new("acme-bx200.toml"), &readme[start..end])
-        .unwrap_or_else(|ds| panic!("{}", ds.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")));
+    let p = load_str(Path::new("acme-bx200.toml"), &readme[start..end]).unwrap_or_else(|ds| {
+        panic!(
+            "{}",
+            ds.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    });
     assert_eq!(p.points.len(), 4);
     let fuel = p.point("fuel_total").unwrap();
-    assert!((fuel.conversion.apply(1000.0) - 1.0).abs() < 1e-12, "kg -> t");
+    assert!(
+        (fuel.conversion.apply(1000.0) - 1.0).abs() < 1e-12,
+        "kg -> t"
+    );
 }

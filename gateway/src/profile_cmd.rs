@@ -69,7 +69,14 @@ pub(crate) fn metrics() -> ExitCode {
     let mut stdout = std::io::stdout().lock();
     for m in CATALOGUE {
         let unit = if m.unit.is_empty() { "-" } else { m.unit };
-        let _ = writeln!(stdout, "{:<40} {:<8} {:<8} {}", m.id, unit, m.kind.as_str(), m.description);
+        let _ = writeln!(
+            stdout,
+            "{:<40} {:<8} {:<8} {}",
+            m.id,
+            unit,
+            m.kind.as_str(),
+            m.description
+        );
     }
     ExitCode::SUCCESS
 }

@@ -13,16 +13,27 @@ fn library() -> PathBuf {
 
 /// A scratch folder unique to this test process.
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("fivezero-profile-check-{}-{name}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!(
+        "fivezero-profile-check-{}-{name}",
+        std::process::id()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
 
 #[test]
 fn the_shipped_library_passes_with_a_summary_per_profile() {
-    let out = gateway().args(["profile", "check"]).arg(library()).output().unwrap();
+    let out = gateway()
+        .args(["profile", "check"])
+        .arg(library())
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let sdm = stdout
         .lines()
         .find(|l| l.contains("eastron-sdm630.toml: ok: Eastron"))
@@ -39,13 +50,24 @@ fn a_misspelt_key_fails_with_file_line_and_column() {
     let sdm = std::fs::read_to_string(library().join("eastron-sdm630.toml")).unwrap();
     let broken = sdm.replacen("address = 0x0002", "adress = 0x0002", 1);
     std::fs::write(&file, &broken).unwrap();
-    let line = broken.lines().position(|l| l.starts_with("adress")).unwrap() + 1;
+    let line = broken
+        .lines()
+        .position(|l| l.starts_with("adress"))
+        .unwrap()
+        + 1;
 
-    let out = gateway().args(["profile", "check"]).arg(&file).output().unwrap();
+    let out = gateway()
+        .args(["profile", "check"])
+        .arg(&file)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     let expected = format!("{}:{line}:1: error: unknown key `adress`", file.display());
-    assert!(stderr.contains(&expected), "expected {expected:?} in:\n{stderr}");
+    assert!(
+        stderr.contains(&expected),
+        "expected {expected:?} in:\n{stderr}"
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -58,7 +80,11 @@ fn an_out_of_range_address_fails_and_valid_files_beside_it_still_report() {
     std::fs::write(dir.join("far.toml"), &broken).unwrap();
     let line = broken.lines().position(|l| l == "address = 65536").unwrap() + 1;
 
-    let out = gateway().args(["profile", "check"]).arg(&dir).output().unwrap();
+    let out = gateway()
+        .args(["profile", "check"])
+        .arg(&dir)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -66,7 +92,10 @@ fn an_out_of_range_address_fails_and_valid_files_beside_it_still_report() {
         "{}:{line}:11: error: point `voltage_l2`: address 65536 is outside 0..=65535",
         dir.join("far.toml").display()
     );
-    assert!(stderr.contains(&expected), "expected {expected:?} in:\n{stderr}");
+    assert!(
+        stderr.contains(&expected),
+        "expected {expected:?} in:\n{stderr}"
+    );
     assert!(stdout.contains("good.toml: ok:"), "{stdout}");
     assert!(stdout.contains("1 valid, 1 refused"), "{stdout}");
     std::fs::remove_dir_all(dir).unwrap();
@@ -74,7 +103,10 @@ fn an_out_of_range_address_fails_and_valid_files_beside_it_still_report() {
 
 #[test]
 fn a_missing_path_is_an_error_not_a_pass() {
-    let out = gateway().args(["profile", "check", "/nonexistent/fivezero/profiles"]).output().unwrap();
+    let out = gateway()
+        .args(["profile", "check", "/nonexistent/fivezero/profiles"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/fivezero/profiles"));
 }
@@ -84,5 +116,11 @@ fn the_metric_catalogue_is_listed() {
     let out = gateway().args(["profile", "metrics"]).output().unwrap();
     assert!(out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.lines().any(|l| l.starts_with("electricity.import_energy") && l.contains("kWh") && l.contains("counter")));
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("electricity.import_energy")
+                && l.contains("kWh")
+                && l.contains("counter"))
+    );
 }

@@ -399,10 +399,10 @@ fn normalize(s: &str) -> String {
         }
     }
     for prefix in ["delta", "Delta", "DELTA"] {
-        if let Some(rest) = out.strip_prefix(prefix) {
-            if !rest.is_empty() {
-                return format!("Δ{rest}");
-            }
+        if let Some(rest) = out.strip_prefix(prefix)
+            && !rest.is_empty()
+        {
+            return format!("Δ{rest}");
         }
     }
     out

@@ -3,7 +3,7 @@
 //! # Format
 //!
 //! Every payload is one JSON object whose first field is `"schema": 1` ([`SCHEMA_VERSION`]).
-//! The [topic](crate::topic) says which message a payload is, so there is no type tag: a
+//! The [topic] says which message a payload is, so there is no type tag: a
 //! [`Batch`] arrives on `…/batches`, a [`KpiBatch`] on `…/kpi`, a [`Gap`] on `…/gaps`, a
 //! [`Status`] on `…/status` and an [`AckWatermark`] on `…/ack`.
 //!
