@@ -154,9 +154,9 @@ catalogue! {
     "flow.net_volume", "m³", Counter, "Net totaliser (forward minus reverse).";
     "flow.rate", "m³/h", Gauge, "Volume flow rate.";
     "flow.signal_quality", "%", Gauge, "Measurement signal quality reported by the meter.";
+    "flow.temperature", "°C", Gauge, "Medium temperature at the meter.";
     "flow.velocity", "m/s", Gauge, "Flow velocity.";
     "flow.volume", "m³", Counter, "Forward totaliser.";
-    "flow.temperature", "°C", Gauge, "Medium temperature at the meter.";
     // Fuels, for scope-1 carbon and fossil energy.
     "fuel.biomass_mass", "t", Counter, "Biomass burned (biogenic; memo item in carbon accounts).";
     "fuel.coal_mass", "t", Counter, "Coal burned.";
@@ -205,6 +205,7 @@ catalogue! {
     "steam.condensate_return_mass", "t", Counter, "Condensate returned to the boiler house.";
     "steam.flow_rate", "t/h", Gauge, "Steam mass flow at the metered point.";
     "steam.generated_mass", "t", Counter, "Steam generated.";
+    "steam.mass", "t", Counter, "Steam mass totaliser of a steam meter; the role in the gateway config says which stream.";
     "steam.pressure", "bar", Gauge, "Steam pressure at the metered point (gauge).";
     "steam.temperature", "°C", Gauge, "Steam temperature at the metered point.";
     "steam.used_mass", "t", Counter, "Steam delivered to a use (one cascade stage per meter).";
