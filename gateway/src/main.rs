@@ -1,13 +1,15 @@
 //! `fivezero-gateway`: the edge daemon and the integrator's tools.
 //!
-//! Subcommands so far: `profile check` (validate profiles and show their read plan) and
-//! `profile metrics` (the metric catalogue profiles may use).
+//! Subcommands so far: `check-config` (validate the gateway's config and every profile it
+//! names, without opening sockets), `profile check` (validate profiles and show their read
+//! plan) and `profile metrics` (the metric catalogue profiles may use).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod check_config;
 mod profile_cmd;
 
 /// fivezero gateway: polls plant equipment over Modbus and carries the readings to the cloud.
@@ -20,6 +22,13 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Validate a gateway config file and every device profile it names, without opening a
+    /// socket or a serial port; prints the links, the devices and their requests per cycle.
+    /// Exit status 1, with every problem on stderr, if it is refused.
+    CheckConfig {
+        /// The config file (TOML); FIVEZERO_* environment overrides apply.
+        file: PathBuf,
+    },
     /// Work with device profiles.
     #[command(subcommand)]
     Profile(ProfileCommand),
@@ -41,6 +50,7 @@ enum ProfileCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::CheckConfig { file } => check_config::check(&file),
         Command::Profile(ProfileCommand::Check { paths }) => profile_cmd::check(&paths),
         Command::Profile(ProfileCommand::Metrics) => profile_cmd::metrics(),
     }

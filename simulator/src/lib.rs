@@ -7,7 +7,12 @@
 //! faster than the wall clock on request (`--speed 60`), values are a pure function of the seed
 //! and the simulated time, and faults can be switched on per device while it runs.
 
+pub mod control;
+pub mod fault;
+pub mod plant;
+pub mod proxy;
 pub mod scenario;
+pub mod server;
 
 /// What the Modbus server needs from the plant model.
 ///

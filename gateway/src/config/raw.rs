@@ -1,0 +1,210 @@
+//! The config file as serde reads it: every key, its default, nothing checked beyond types.
+//!
+//! Every struct refuses unknown keys (`deny_unknown_fields`), so a misspelt key in the file or
+//! in an environment override is an error, never silently ignored. Numbers whose range the
+//! validator reports in its own words (`unit`, `data_bits`, `stop_bits`) are read as `i64` so
+//! that `unit = 300` reaches [`super::validate`] instead of failing in serde with a message
+//! about `u8`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConfig {
+    pub(crate) gateway: RawGateway,
+    #[serde(default)]
+    pub(crate) mqtt: RawMqtt,
+    #[serde(default)]
+    pub(crate) buffer: RawBuffer,
+    #[serde(default)]
+    pub(crate) poll: RawPoll,
+    #[serde(default, rename = "device")]
+    pub(crate) devices: Vec<RawDevice>,
+}
+
+/// `[gateway]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawGateway {
+    pub(crate) id: String,
+    pub(crate) site: String,
+    #[serde(default = "default_state_dir")]
+    pub(crate) state_dir: PathBuf,
+    #[serde(default)]
+    pub(crate) profile_dir: Option<PathBuf>,
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/fivezero")
+}
+
+/// `[mqtt]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMqtt {
+    #[serde(default = "default_mqtt_url")]
+    pub(crate) url: String,
+    #[serde(default = "default_prefix")]
+    pub(crate) prefix: String,
+    #[serde(default)]
+    pub(crate) username: Option<String>,
+    #[serde(default)]
+    pub(crate) password_file: Option<PathBuf>,
+    #[serde(default)]
+    pub(crate) ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub(crate) client_cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub(crate) client_key_file: Option<PathBuf>,
+    #[serde(default = "default_keep_alive", with = "humantime_serde")]
+    pub(crate) keep_alive: Duration,
+    #[serde(default = "default_protocol")]
+    pub(crate) protocol: String,
+}
+
+impl Default for RawMqtt {
+    fn default() -> Self {
+        Self {
+            url: default_mqtt_url(),
+            prefix: default_prefix(),
+            username: None,
+            password_file: None,
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
+            keep_alive: default_keep_alive(),
+            protocol: default_protocol(),
+        }
+    }
+}
+
+fn default_mqtt_url() -> String {
+    "mqtt://127.0.0.1:1883".to_owned()
+}
+
+fn default_prefix() -> String {
+    fivezero_model::topic::DEFAULT_PREFIX.to_owned()
+}
+
+const fn default_keep_alive() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_protocol() -> String {
+    "5".to_owned()
+}
+
+/// `[buffer]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBuffer {
+    #[serde(default = "default_max_bytes")]
+    pub(crate) max_bytes: ByteSize,
+    #[serde(default = "default_max_age", with = "humantime_serde")]
+    pub(crate) max_age: Duration,
+    #[serde(default = "default_synchronous")]
+    pub(crate) synchronous: String,
+}
+
+impl Default for RawBuffer {
+    fn default() -> Self {
+        Self {
+            max_bytes: default_max_bytes(),
+            max_age: default_max_age(),
+            synchronous: default_synchronous(),
+        }
+    }
+}
+
+const fn default_max_bytes() -> ByteSize {
+    ByteSize::gib(2)
+}
+
+const fn default_max_age() -> Duration {
+    Duration::from_secs(30 * 86_400)
+}
+
+fn default_synchronous() -> String {
+    "full".to_owned()
+}
+
+/// `[poll]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPoll {
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub(crate) connect_timeout: Duration,
+    #[serde(default = "default_backoff_min", with = "humantime_serde")]
+    pub(crate) backoff_min: Duration,
+    #[serde(default = "default_backoff_max", with = "humantime_serde")]
+    pub(crate) backoff_max: Duration,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) inter_frame_delay: Option<Duration>,
+}
+
+impl Default for RawPoll {
+    fn default() -> Self {
+        Self {
+            connect_timeout: default_connect_timeout(),
+            backoff_min: default_backoff_min(),
+            backoff_max: default_backoff_max(),
+            inter_frame_delay: None,
+        }
+    }
+}
+
+const fn default_connect_timeout() -> Duration {
+    Duration::from_secs(3)
+}
+
+const fn default_backoff_min() -> Duration {
+    Duration::from_secs(1)
+}
+
+const fn default_backoff_max() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// One `[[device]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDevice {
+    pub(crate) name: String,
+    pub(crate) profile: String,
+    #[serde(default)]
+    pub(crate) profile_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub(crate) tcp: Option<String>,
+    #[serde(default)]
+    pub(crate) rtu: Option<String>,
+    #[serde(default)]
+    pub(crate) rtu_tcp: Option<String>,
+    #[serde(default)]
+    pub(crate) baud: Option<u32>,
+    #[serde(default)]
+    pub(crate) parity: Option<String>,
+    #[serde(default)]
+    pub(crate) data_bits: Option<i64>,
+    #[serde(default)]
+    pub(crate) stop_bits: Option<i64>,
+    pub(crate) unit: i64,
+    #[serde(default = "default_interval", with = "humantime_serde")]
+    pub(crate) interval: Duration,
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub(crate) timeout: Duration,
+    #[serde(default)]
+    pub(crate) role: Option<String>,
+}
+
+const fn default_interval() -> Duration {
+    Duration::from_secs(5)
+}
+
+const fn default_timeout() -> Duration {
+    Duration::from_secs(1)
+}
