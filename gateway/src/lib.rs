@@ -5,8 +5,15 @@
 //! - [`poll`]: the Modbus poller, one task per physical link, producing decoded readings on a
 //!   bounded channel, with per-device health.
 //!
-//! The buffer, the edge KPIs and the publisher follow in later issues; the binary
-//! (`src/main.rs`) is the CLI on top.
+//! - [`outbox`]: the seam between the buffer and the publisher.
+//! - [`buffer`]: the SQLite store-and-forward buffer, source of truth for sequence numbers and
+//!   acknowledgements.
+//! - [`publish`]: the MQTT publisher.
+//!
+//! The binary (`src/main.rs`) is the CLI on top.
 
+pub mod buffer;
 pub mod config;
+pub mod outbox;
 pub mod poll;
+pub mod publish;
