@@ -262,13 +262,15 @@ impl From<&str> for Value {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Quality {
-    /// Read from the device in this poll and decoded without complaint.
+    /// Read from the device in this poll and decoded without complaint. A `null` value with
+    /// quality `good` means the device answered but marks the point "not implemented" (a
+    /// sentinel such as SunSpec 0x8000, or NaN); `reason` says which.
     Good,
     /// Not fresh (the device answered with an old value, or the last good value is repeated);
     /// `reason` says why.
     Stale,
-    /// No usable value (timeout, exception, not-implemented sentinel); the value is normally
-    /// `null` and `reason` says why.
+    /// No usable value (timeout, exception, short reply, disconnected); the value is `null` and
+    /// `reason` says why.
     Error,
 }
 

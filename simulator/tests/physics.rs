@@ -31,31 +31,103 @@ step = "1s"
     );
     let devices: &[(&str, &str, &str)] = &[
         ("grid", "grid_meter", "base_load_kw = 400"),
-        ("pv-a", "pv", &format!("kwp = 2500\ntilt = 10\nclouds = {clouds}")),
-        ("pv-b", "pv", &format!("kwp = 2500\ntilt = 10\nclouds = {clouds}")),
-        ("pv-facade", "pv", &format!("kwp = 1000\ntilt = 90\nperformance_ratio = 0.78\nclouds = {clouds}")),
-        ("boiler", "boiler", "rated_heat_kw = 8000\nfuel_lhv_mj_per_kg = 12\nefficiency = 0.85"),
-        ("recovery", "heat_recovery", "boiler = \"boiler\"\ndesign_efficiency = 0.9"),
-        ("stack", "stack", "boiler = \"boiler\"\nrecovery = \"recovery\""),
-        ("steam-generated", "steam", "boiler = \"boiler\"\nstream = \"generated\""),
-        ("steam-1", "steam", "boiler = \"boiler\"\nstream = \"stage\"\nshare = 0.55"),
-        ("steam-2", "steam", "boiler = \"boiler\"\nstream = \"stage\"\nshare = 0.25\npressure_bar = 4"),
-        ("steam-3", "steam", "boiler = \"boiler\"\nstream = \"stage\"\nshare = 0.17\npressure_bar = 12"),
-        ("steam-vent", "steam", "boiler = \"boiler\"\nstream = \"vent\"\nshare = 0.015"),
+        (
+            "pv-a",
+            "pv",
+            &format!("kwp = 2500\ntilt = 10\nclouds = {clouds}"),
+        ),
+        (
+            "pv-b",
+            "pv",
+            &format!("kwp = 2500\ntilt = 10\nclouds = {clouds}"),
+        ),
+        (
+            "pv-facade",
+            "pv",
+            &format!("kwp = 1000\ntilt = 90\nperformance_ratio = 0.78\nclouds = {clouds}"),
+        ),
+        (
+            "boiler",
+            "boiler",
+            "rated_heat_kw = 8000\nfuel_lhv_mj_per_kg = 12\nefficiency = 0.85",
+        ),
+        (
+            "recovery",
+            "heat_recovery",
+            "boiler = \"boiler\"\ndesign_efficiency = 0.9",
+        ),
+        (
+            "stack",
+            "stack",
+            "boiler = \"boiler\"\nrecovery = \"recovery\"",
+        ),
+        (
+            "steam-generated",
+            "steam",
+            "boiler = \"boiler\"\nstream = \"generated\"",
+        ),
+        (
+            "steam-1",
+            "steam",
+            "boiler = \"boiler\"\nstream = \"stage\"\nshare = 0.55",
+        ),
+        (
+            "steam-2",
+            "steam",
+            "boiler = \"boiler\"\nstream = \"stage\"\nshare = 0.25\npressure_bar = 4",
+        ),
+        (
+            "steam-3",
+            "steam",
+            "boiler = \"boiler\"\nstream = \"stage\"\nshare = 0.17\npressure_bar = 12",
+        ),
+        (
+            "steam-vent",
+            "steam",
+            "boiler = \"boiler\"\nstream = \"vent\"\nshare = 0.015",
+        ),
         ("air", "compressor_station", "rated_power_kw = 250"),
-        ("sorting", "sorting_line", "rated_tph = 460\npower_kw = 900\nshifts = [\"06:00-14:00\", \"14:00-22:00\", \"22:00-05:00\"]"),
+        (
+            "sorting",
+            "sorting_line",
+            "rated_tph = 460\npower_kw = 900\nshifts = [\"06:00-14:00\", \"14:00-22:00\", \"22:00-05:00\"]",
+        ),
         ("sorting-meter", "submeter", "meters = \"sorting\""),
         ("boiler-meter", "submeter", "meters = \"boiler\""),
         ("base-meter", "submeter", "meters = \"grid\""),
         ("fresh", "water", "stream = \"fresh\"\ndaily_m3 = 150"),
         ("reused", "water", "stream = \"reused\"\ndaily_m3 = 2000"),
-        ("rain-in", "water", "stream = \"rain_collected\"\ncatchment_m2 = 60000"),
-        ("rain-out", "water", "stream = \"rain_used\"\ndaily_m3 = 1200"),
+        (
+            "rain-in",
+            "water",
+            "stream = \"rain_collected\"\ncatchment_m2 = 60000",
+        ),
+        (
+            "rain-out",
+            "water",
+            "stream = \"rain_used\"\ndaily_m3 = 1200",
+        ),
         ("outfall", "water", "stream = \"discharged\"\ndaily_m3 = 0"),
-        ("loader-1", "ev_charger", "fleet = \"loader\"\nmax_power_kw = 22"),
-        ("loader-2", "ev_charger", "fleet = \"loader\"\nmax_power_kw = 22"),
-        ("mixer-1", "ev_charger", "fleet = \"mixer_truck\"\nmax_power_kw = 22"),
-        ("mixer-2", "ev_charger", "fleet = \"mixer_truck\"\nmax_power_kw = 22"),
+        (
+            "loader-1",
+            "ev_charger",
+            "fleet = \"loader\"\nmax_power_kw = 22",
+        ),
+        (
+            "loader-2",
+            "ev_charger",
+            "fleet = \"loader\"\nmax_power_kw = 22",
+        ),
+        (
+            "mixer-1",
+            "ev_charger",
+            "fleet = \"mixer_truck\"\nmax_power_kw = 22",
+        ),
+        (
+            "mixer-2",
+            "ev_charger",
+            "fleet = \"mixer_truck\"\nmax_power_kw = 22",
+        ),
         ("car-1", "ev_charger", "fleet = \"car\"\nmax_power_kw = 22"),
     ];
     for (i, (name, physics, params)) in devices.iter().enumerate() {
@@ -68,7 +140,12 @@ step = "1s"
 }
 
 fn scenario(text: &str) -> Scenario {
-    Scenario::parse(Path::new("test.toml"), text, &fivezero_profiles::library_dir()).expect("scenario parses")
+    Scenario::parse(
+        Path::new("test.toml"),
+        text,
+        &fivezero_profiles::library_dir(),
+    )
+    .expect("scenario parses")
 }
 
 struct Sim {
@@ -157,8 +234,14 @@ fn a_day_of_sorting_recovers_92_percent_as_material_7_as_energy_and_landfills_un
         .collect();
     let (input, stock, material, energy, landfill) = (d[0], d[1], d[2], d[3], d[4]);
     let fed = input + stock;
-    assert!((9_000.0..10_600.0).contains(&input), "input {input:.0} t/day");
-    assert!(stock > 0.0 && stock < 0.02 * input, "stock drawn {stock:.1} t");
+    assert!(
+        (9_000.0..10_600.0).contains(&input),
+        "input {input:.0} t/day"
+    );
+    assert!(
+        stock > 0.0 && stock < 0.02 * input,
+        "stock drawn {stock:.1} t"
+    );
     let (r_mat, r_en, r_land) = (material / fed, energy / fed, landfill / fed);
     assert!((r_mat - 0.92).abs() < 0.001, "material recovery {r_mat:.4}");
     assert!((r_en - 0.07).abs() < 0.0005, "energy recovery {r_en:.4}");
@@ -193,7 +276,10 @@ fn the_stack_leaves_at_about_40_degrees_while_the_recovery_loop_runs() {
     assert!((39.0..41.0).contains(&mean), "mean exit {mean:.2} °C");
     assert!(max < 42.0, "hottest minute {max:.2} °C");
     let outlet = sim.get("boiler", "boiler.flue_gas_temperature");
-    assert!((158.0..=182.0).contains(&outlet), "boiler outlet {outlet:.1} °C");
+    assert!(
+        (158.0..=182.0).contains(&outlet),
+        "boiler outlet {outlet:.1} °C"
+    );
 }
 
 #[test]
@@ -264,7 +350,10 @@ fn a_clear_june_day_yields_5_to_7_kwh_per_kwp_over_the_6_mwp() {
         (5.0..7.0).contains(&specific),
         "{total:.0} kWh = {specific:.2} kWh/kWp"
     );
-    assert!((3_500.0..6_000.0).contains(&peak_kw), "peak {peak_kw:.0} kW");
+    assert!(
+        (3_500.0..6_000.0).contains(&peak_kw),
+        "peak {peak_kw:.0} kW"
+    );
     assert!(
         (900.0..1_100.0).contains(&peak_irr),
         "peak irradiance {peak_irr:.0} W/m²"
@@ -323,11 +412,17 @@ fn the_steam_cascade_puts_97_percent_to_use_and_vents_1_5_percent() {
             ("boiler", "boiler.heat_output_energy"),
         ],
     );
-    assert!((d[0] - d[1]).abs() < 1e-6 * d[0], "boiler and header meter agree");
+    assert!(
+        (d[0] - d[1]).abs() < 1e-6 * d[0],
+        "boiler and header meter agree"
+    );
     let used = (d[2] + d[3] + d[4]) / d[1];
     let vented = d[5] / d[1];
     assert!((used - 0.97).abs() < 1e-6 && used >= 0.95, "used {used:.4}");
-    assert!((vented - 0.015).abs() < 1e-6 && vented <= 0.02, "vented {vented:.4}");
+    assert!(
+        (vented - 0.015).abs() < 1e-6 && vented <= 0.02,
+        "vented {vented:.4}"
+    );
     // Steam ≈ heat / 2.7 GJ/t.
     assert!((d[1] - d[6] * 3.6 / 2700.0).abs() < 1e-6 * d[1]);
 }
@@ -413,7 +508,10 @@ fn a_different_seed_gives_different_clouds() {
     for k in 1..=288 {
         a.at(k * 300_000);
         b.at(k * 300_000);
-        let (x, y) = (a.get("pv-a", "pv.irradiance"), b.get("pv-a", "pv.irradiance"));
+        let (x, y) = (
+            a.get("pv-a", "pv.irradiance"),
+            b.get("pv-a", "pv.irradiance"),
+        );
         if x > 50.0 || y > 50.0 {
             daylight += 1;
             if (x - y).abs() > 0.02 * x.max(y) {
@@ -445,7 +543,12 @@ fn counters_never_decrease() {
         sim.at(k * 30_000);
         for (j, &(i, m)) in counters.iter().enumerate() {
             let v = read(&sim, i, m);
-            assert!(v >= last[j], "{} {m} fell from {} to {v}", sim.names[i], last[j]);
+            assert!(
+                v >= last[j],
+                "{} {m} fell from {} to {v}",
+                sim.names[i],
+                last[j]
+            );
             last[j] = v;
         }
     }
@@ -507,7 +610,10 @@ fn charge_points_run_sessions_within_their_power_and_report_keba_style_codes() {
                     assert!((0.0..=100.5).contains(&soc), "{c}: SoC {soc}");
                     let i = sim.get(c, "electricity.current_l1");
                     let expected = p * 1000.0 / (3.0 * 230.0);
-                    assert!((i - expected).abs() < 0.1 * expected + 0.5, "{c}: {i} A at {p} kW");
+                    assert!(
+                        (i - expected).abs() < 0.1 * expected + 0.5,
+                        "{c}: {i} A at {p} kW"
+                    );
                 }
                 5 => assert_eq!((p, cable), (0.0, 7.0)),
                 other => panic!("{c}: charging state {other}"),
@@ -519,8 +625,14 @@ fn charge_points_run_sessions_within_their_power_and_report_keba_style_codes() {
             last[j] = session;
         }
     }
-    assert!(charging_minutes > 200, "{charging_minutes} charging minutes");
-    assert!(new_sessions >= 3, "{new_sessions} sessions after each charger's first");
+    assert!(
+        charging_minutes > 200,
+        "{charging_minutes} charging minutes"
+    );
+    assert!(
+        new_sessions >= 3,
+        "{new_sessions} sessions after each charger's first"
+    );
 }
 
 #[test]
@@ -564,18 +676,53 @@ fn metrics_lists_what_value_and_text_answer() {
 fn bad_scenarios_are_refused_naming_the_device_and_key() {
     let base = park(42, 1.0);
     let cases: &[(&str, &str, &str, &str)] = &[
-        ("physics = \"grid_meter\"", "physics = \"grid_metre\"", "grid", "grid_metre"),
+        (
+            "physics = \"grid_meter\"",
+            "physics = \"grid_metre\"",
+            "grid",
+            "grid_metre",
+        ),
         ("kwp = 1000\n", "kwpp = 1000\n", "pv-facade", "kwp"),
-        ("base_load_kw = 400", "base_load_kw = 400\nbase_laod = 1", "grid", "base_laod"),
-        ("base_load_kw = 400", "base_load_kw = \"lots\"", "grid", "base_load_kw"),
+        (
+            "base_load_kw = 400",
+            "base_load_kw = 400\nbase_laod = 1",
+            "grid",
+            "base_laod",
+        ),
+        (
+            "base_load_kw = 400",
+            "base_load_kw = \"lots\"",
+            "grid",
+            "base_load_kw",
+        ),
         ("rated_tph = 460", "rated_tph = -5", "sorting", "rated_tph"),
-        ("meters = \"sorting\"", "meters = \"sortng\"", "sorting-meter", "meters"),
-        ("meters = \"sorting\"", "meters = \"fresh\"", "sorting-meter", "meters"),
+        (
+            "meters = \"sorting\"",
+            "meters = \"sortng\"",
+            "sorting-meter",
+            "meters",
+        ),
+        (
+            "meters = \"sorting\"",
+            "meters = \"fresh\"",
+            "sorting-meter",
+            "meters",
+        ),
         ("share = 0.25", "share = 0.30", "steam-3", "share"),
         ("fleet = \"car\"", "fleet = \"bus\"", "car-1", "fleet"),
         ("\"22:00-05:00\"", "\"22:00-25:00\"", "sorting", "shifts"),
-        ("recovery = \"recovery\"", "recovery = \"boiler\"", "stack", "recovery"),
-        ("stream = \"rain_used\"", "stream = \"rain_used\"\ncollected = \"fresh\"", "rain-out", "collected"),
+        (
+            "recovery = \"recovery\"",
+            "recovery = \"boiler\"",
+            "stack",
+            "recovery",
+        ),
+        (
+            "stream = \"rain_used\"",
+            "stream = \"rain_used\"\ncollected = \"fresh\"",
+            "rain-out",
+            "collected",
+        ),
     ];
     for (from, to, device, key) in cases {
         let text = base.replacen(from, to, 1);
@@ -609,7 +756,10 @@ fn the_greensail_scenario_runs_a_day_with_the_reference_figures() {
     assert_eq!((sc.seed, sc.step.as_secs()), (42, 1));
     assert_eq!(sc.devices.len(), 25);
     assert_eq!(
-        sc.devices.iter().filter(|d| d.listener == "ev-gateway").count(),
+        sc.devices
+            .iter()
+            .filter(|d| d.listener == "ev-gateway")
+            .count(),
         5
     );
     let mut sim = Sim::new(&text);

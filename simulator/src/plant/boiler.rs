@@ -14,7 +14,7 @@
 //! load), 5 burn-out / shut-down, 6 fault, 7 maintenance. The model keeps the boiler firing
 //! round the clock, so it reports 3 or 4; `boiler.running` is 1.
 
-use super::noise::fnv;
+use super::noise::key;
 use super::params::Params;
 use super::site::Env;
 use super::{Build, Bus, Model, PlantError};
@@ -119,22 +119,23 @@ impl Model for Boiler {
     fn step(&mut self, env: &Env, bus: &mut [Bus], me: usize) {
         let demand = (0.55
             + 0.35 * env.window(6.5, 21.0, 1.5)
-            + 0.05 * env.wobble(self.key ^ fnv("demand.slow"), 1200.0)
-            + 0.02 * env.wobble(self.key ^ fnv("demand.fast"), 120.0))
+            + 0.05 * env.wobble(self.key ^ key!("demand.slow"), 1200.0)
+            + 0.02 * env.wobble(self.key ^ key!("demand.fast"), 120.0))
         .clamp(self.min_load, 1.0);
         self.demand_kw = demand * self.rated;
         self.heat_kw = env.lag(self.heat_kw, self.demand_kw, 480.0);
         let load = self.load();
         let span = (1.0 - self.min_load).max(0.05);
-        let o2_target = (6.0 + 2.0 * (1.0 - load) / span).clamp(6.0, 8.0) + 0.15 * env.wobble(self.key ^ fnv("o2"), 180.0);
+        let o2_target = (6.0 + 2.0 * (1.0 - load) / span).clamp(6.0, 8.0)
+            + 0.15 * env.wobble(self.key ^ key!("o2"), 180.0);
         self.o2 = env.lag(self.o2, o2_target, 60.0);
         self.flue_c = env.lag(
             self.flue_c,
-            160.0 + 20.0 * load + 1.5 * env.wobble(self.key ^ fnv("flue"), 600.0),
+            160.0 + 20.0 * load + 1.5 * env.wobble(self.key ^ key!("flue"), 600.0),
             600.0,
         );
         self.p_bar = self.p_set - 2.5 * (self.demand_kw - self.heat_kw) / self.rated
-            + 0.05 * env.wobble(self.key ^ fnv("pressure"), 60.0);
+            + 0.05 * env.wobble(self.key ^ key!("pressure"), 60.0);
 
         let fuel = self.fuel_tph();
         self.fuel_t += fuel * env.dt_h;
@@ -180,7 +181,9 @@ impl Model for Boiler {
             }
             "boiler.steam_pressure" => self.p_bar,
             "boiler.water_temperature" => t_sat(self.p_bar + 1.013),
-            "boiler.return_temperature" => 104.0 + 1.5 * env.wobble(self.key ^ fnv("return"), 1800.0),
+            "boiler.return_temperature" => {
+                104.0 + 1.5 * env.wobble(self.key ^ key!("return"), 1800.0)
+            }
             "boiler.operating_hours" => self.hours,
             "steam.generated_mass" => self.steam_t,
             "steam.flow_rate" => self.steam_tph(),

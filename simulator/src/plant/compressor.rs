@@ -15,7 +15,7 @@
 //! `compressor.alarm_flags` is always 0; `running` and `loaded` are 1/0.
 
 use super::electric::{AC_METRICS, Ac, Wiring};
-use super::noise::fnv;
+use super::noise::key;
 use super::params::Params;
 use super::site::Env;
 use super::{Build, Bus, Model, PlantError};
@@ -105,8 +105,8 @@ impl Model for Station {
         };
         let frac = 0.10
             + 0.75 * production
-            + 0.04 * env.wobble(self.key ^ fnv("air.slow"), 120.0)
-            + 0.02 * env.wobble(self.key ^ fnv("air.fast"), 15.0);
+            + 0.04 * env.wobble(self.key ^ key!("air.slow"), 120.0)
+            + 0.02 * env.wobble(self.key ^ key!("air.fast"), 15.0);
         let demand = self.fad_max * frac.clamp(0.02, 1.1);
         if demand >= self.min_fad {
             // Speed control holds the set point; a shortfall above capacity drags it down.
@@ -115,7 +115,7 @@ impl Model for Station {
             self.unloaded_s = 0.0;
             self.supply = demand.min(self.fad_max);
             let target = self.p_set - (demand - self.supply) / self.fad_max
-                + 0.03 * env.wobble(self.key ^ fnv("pressure"), 20.0);
+                + 0.03 * env.wobble(self.key ^ key!("pressure"), 20.0);
             self.p_bar = env.lag(self.p_bar, target, 20.0);
         } else {
             // Load/unload cycling on the receiver.

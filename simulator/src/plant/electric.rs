@@ -54,11 +54,15 @@ impl Wiring {
     /// Seeded from the device key: loads differ by a few per cent between phases.
     pub(crate) fn new(seed: u64, key: u64, imbalance: f64) -> Self {
         let k = fnv("wiring");
-        let d: [f64; 3] = std::array::from_fn(|i| 1.0 + imbalance * normal(seed, &[key, k, i as u64]).clamp(-2.0, 2.0));
+        let d: [f64; 3] = std::array::from_fn(|i| {
+            1.0 + imbalance * normal(seed, &[key, k, i as u64]).clamp(-2.0, 2.0)
+        });
         let sum: f64 = d.iter().sum();
         Self {
             share: d.map(|x| x / sum),
-            volt_factor: std::array::from_fn(|i| 1.0 + 0.003 * normal(seed, &[key, k, 10 + i as u64]).clamp(-2.0, 2.0)),
+            volt_factor: std::array::from_fn(|i| {
+                1.0 + 0.003 * normal(seed, &[key, k, 10 + i as u64]).clamp(-2.0, 2.0)
+            }),
         }
     }
 
@@ -87,7 +91,11 @@ pub(crate) struct Ac {
 impl Ac {
     fn current(&self, i: usize) -> f64 {
         let s = self.p_kw.hypot(self.q_kvar) * self.share[i];
-        if self.volts[i] > 1.0 { s * 1000.0 / self.volts[i] } else { 0.0 }
+        if self.volts[i] > 1.0 {
+            s * 1000.0 / self.volts[i]
+        } else {
+            0.0
+        }
     }
 
     fn line(&self, a: usize, b: usize) -> f64 {
@@ -117,7 +125,9 @@ impl Ac {
             "electricity.current_l3" => self.current(2),
             "electricity.current_n" => {
                 let (a, b, c) = (self.current(0), self.current(1), self.current(2));
-                (a * a + b * b + c * c - a * b - b * c - c * a).max(0.0).sqrt()
+                (a * a + b * b + c * c - a * b - b * c - c * a)
+                    .max(0.0)
+                    .sqrt()
             }
             "electricity.voltage_l1" => self.volts[0],
             "electricity.voltage_l2" => self.volts[1],

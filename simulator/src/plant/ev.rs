@@ -55,9 +55,13 @@ impl Fleet {
     fn weight(self, h: f64) -> f64 {
         let w = |a, b, r| daily_window(h, a, b, r);
         match self {
-            Self::Loader => 0.1 + 0.9 * w(6.0, 22.0, 0.5) + 2.0 * w(10.0, 15.0, 1.0) + 2.0 * w(11.5, 13.0, 0.25),
+            Self::Loader => {
+                0.1 + 0.9 * w(6.0, 22.0, 0.5) + 2.0 * w(10.0, 15.0, 1.0) + 2.0 * w(11.5, 13.0, 0.25)
+            }
             Self::MixerTruck => 0.2 + 0.8 * w(6.0, 22.0, 0.5) + 1.5 * w(10.0, 15.0, 1.0),
-            Self::Car => 0.05 + 4.0 * w(7.0, 9.5, 0.5) + 0.8 * w(9.5, 18.0, 0.5) + 0.4 * w(18.0, 22.0, 0.5),
+            Self::Car => {
+                0.05 + 4.0 * w(7.0, 9.5, 0.5) + 0.8 * w(9.5, 18.0, 0.5) + 0.4 * w(18.0, 22.0, 0.5)
+            }
         }
     }
 
@@ -132,8 +136,16 @@ impl Charger {
         };
         let max_kw = p.number("max_power_kw", None, 1.0, 1000.0)?;
         let per_day = p.number("sessions_per_day", Some(per_day), 0.0, 200.0)?;
-        let mean_kwh = p.number("mean_session_kwh", Some(mean), 1.0, 0.9 * fleet.capacity() / 1.4)?;
-        let weight_day = (0..1440).map(|m| fleet.weight(f64::from(m) / 60.0)).sum::<f64>() / 60.0;
+        let mean_kwh = p.number(
+            "mean_session_kwh",
+            Some(mean),
+            1.0,
+            0.9 * fleet.capacity() / 1.4,
+        )?;
+        let weight_day = (0..1440)
+            .map(|m| fleet.weight(f64::from(m) / 60.0))
+            .sum::<f64>()
+            / 60.0;
         Ok(Self {
             key: b.key,
             fleet,

@@ -10,7 +10,7 @@
 //! load it then measures (the feeder of the site's other consumers).
 
 use super::electric::{AC_METRICS, METER_METRICS, Registers, Wiring, thd};
-use super::noise::fnv;
+use super::noise::key;
 use super::params::Params;
 use super::site::Env;
 use super::{Build, Bus, LOADS, Model, PlantError};
@@ -40,7 +40,10 @@ impl GridMeter {
             base_kw,
             sources: b.indices_of(&physics),
             wiring: b.wiring(0.03),
-            registers: Registers::starting_at(b.age_days * base_kw * 14.0, b.age_days * base_kw * 4.0),
+            registers: Registers::starting_at(
+                b.age_days * base_kw * 14.0,
+                b.age_days * base_kw * 4.0,
+            ),
             p_kw: 0.0,
             q_kvar: 0.0,
             ac: super::electric::Ac::default(),
@@ -52,7 +55,9 @@ impl Model for GridMeter {
     fn step(&mut self, env: &Env, bus: &mut [Bus], me: usize) {
         let shape = 0.6 + 0.4 * env.window(7.5, 18.5, 1.0);
         let base = (self.base_kw
-            * (shape + 0.05 * env.wobble(self.key ^ fnv("base.slow"), 300.0) + 0.02 * env.wobble(self.key ^ fnv("base.fast"), 30.0)))
+            * (shape
+                + 0.05 * env.wobble(self.key ^ key!("base.slow"), 300.0)
+                + 0.02 * env.wobble(self.key ^ key!("base.fast"), 30.0)))
         .max(0.0);
         bus[me].p_kw = base;
         bus[me].q_kvar = base * BASE_TAN_PHI;
@@ -71,7 +76,14 @@ impl Model for GridMeter {
         self.registers
             .value(metric)
             .or_else(|| self.ac.value(metric))
-            .or_else(|| thd(env, self.key, metric, self.p_kw.abs() / (3.0 * self.base_kw).max(1.0)))
+            .or_else(|| {
+                thd(
+                    env,
+                    self.key,
+                    metric,
+                    self.p_kw.abs() / (3.0 * self.base_kw).max(1.0),
+                )
+            })
     }
 
     fn metrics(&self) -> Vec<&'static str> {

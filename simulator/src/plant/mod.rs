@@ -72,7 +72,11 @@ pub const PHYSICS: &[&str] = &[
 const LOADS: &[&str] = &["sorting_line", "compressor_station", "ev_charger", "boiler"];
 
 /// Text metrics every device answers through [`Physics::text`].
-const INFO: &[&str] = &["device.serial_number", "device.model_name", "device.firmware_version"];
+const INFO: &[&str] = &[
+    "device.serial_number",
+    "device.model_name",
+    "device.firmware_version",
+];
 
 /// Why a scenario's physics were refused. Every variant names the device and, where it is a
 /// parameter, the key.
@@ -109,7 +113,9 @@ pub enum PlantError {
         message: String,
     },
     /// A parameter the model does not know (a typo, or meant for another model).
-    #[error("device `{device}`: unknown parameter `{key}` for physics `{physics}`; it takes {known}")]
+    #[error(
+        "device `{device}`: unknown parameter `{key}` for physics `{physics}`; it takes {known}"
+    )]
     UnknownParam {
         /// The device.
         device: String,
@@ -172,12 +178,23 @@ struct Build<'a> {
 
 impl Build<'_> {
     /// The device a parameter names, which must run one of `physics`.
-    fn reference(&self, p: &mut Params<'_>, key: &'static str, physics: &[&str]) -> Result<usize, PlantError> {
+    fn reference(
+        &self,
+        p: &mut Params<'_>,
+        key: &'static str,
+        physics: &[&str],
+    ) -> Result<usize, PlantError> {
         let name = p.text(key, None)?;
         self.lookup(p, key, name, physics)
     }
 
-    fn lookup(&self, p: &Params<'_>, key: &str, name: &str, physics: &[&str]) -> Result<usize, PlantError> {
+    fn lookup(
+        &self,
+        p: &Params<'_>,
+        key: &str,
+        name: &str,
+        physics: &[&str],
+    ) -> Result<usize, PlantError> {
         let i = self
             .devices
             .iter()
@@ -190,7 +207,10 @@ impl Build<'_> {
         if !physics.contains(&actual) {
             return Err(p.bad(
                 key,
-                format!("`{name}` runs physics `{actual}`; expected {}", physics.join(" or ")),
+                format!(
+                    "`{name}` runs physics `{actual}`; expected {}",
+                    physics.join(" or ")
+                ),
             ));
         }
         Ok(i)
@@ -211,7 +231,10 @@ impl Build<'_> {
     }
 
     fn param_text(&self, i: usize, key: &str) -> Option<&str> {
-        self.devices[i].params.get(key).and_then(toml::Value::as_str)
+        self.devices[i]
+            .params
+            .get(key)
+            .and_then(toml::Value::as_str)
     }
 
     fn wiring(&self, imbalance: f64) -> electric::Wiring {
@@ -244,9 +267,12 @@ impl Plant {
     /// # Errors
     /// A [`PlantError`] naming the device (and parameter) that cannot be simulated.
     pub fn new(scenario: &Scenario) -> Result<Self, PlantError> {
-        let tz = jiff::tz::TimeZone::get(&scenario.site.timezone)
-            .map_err(|e| PlantError::Site(format!("time zone {:?}: {e}", scenario.site.timezone)))?;
-        let step_ms = i64::try_from(scenario.step.as_millis()).unwrap_or(i64::MAX).max(1);
+        let tz = jiff::tz::TimeZone::get(&scenario.site.timezone).map_err(|e| {
+            PlantError::Site(format!("time zone {:?}: {e}", scenario.site.timezone))
+        })?;
+        let step_ms = i64::try_from(scenario.step.as_millis())
+            .unwrap_or(i64::MAX)
+            .max(1);
         let site = Site {
             seed: scenario.seed,
             latitude: scenario.site.latitude,
@@ -413,7 +439,8 @@ impl Physics for Plant {
         } else {
             d.model.value(&self.env, metric)?
         };
-        x.is_finite().then(|| with_noise(&self.env, d.key, metric, x))
+        x.is_finite()
+            .then(|| with_noise(&self.env, d.key, metric, x))
     }
 
     fn text(&self, device: usize, metric: &str) -> Option<String> {
@@ -421,7 +448,9 @@ impl Physics for Plant {
         match metric {
             "device.serial_number" => Some(format!("SIM-{}-{}", d.name, self.site.seed)),
             "device.model_name" => Some(d.model_name.clone()),
-            "device.firmware_version" => Some(format!("fivezero-sim {}", env!("CARGO_PKG_VERSION"))),
+            "device.firmware_version" => {
+                Some(format!("fivezero-sim {}", env!("CARGO_PKG_VERSION")))
+            }
             _ => None,
         }
     }

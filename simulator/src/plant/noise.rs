@@ -30,6 +30,15 @@ pub(crate) const fn fnv(s: &str) -> u64 {
     h
 }
 
+/// The FNV-1a key of a string literal, computed at compile time.
+macro_rules! key {
+    ($s:literal) => {{
+        const K: u64 = $crate::plant::noise::fnv($s);
+        K
+    }};
+}
+pub(crate) use key;
+
 /// A uniform number in [0, 1) from a hash.
 pub(crate) fn unit(h: u64) -> f64 {
     (h >> 11) as f64 / (1u64 << 53) as f64
@@ -88,7 +97,10 @@ mod tests {
         }
         let mean = sum / n as f64;
         let sd = (sq / n as f64 - mean * mean).sqrt();
-        assert!(mean.abs() < 0.05 && (sd - 1.0).abs() < 0.05, "mean {mean} sd {sd}");
+        assert!(
+            mean.abs() < 0.05 && (sd - 1.0).abs() < 0.05,
+            "mean {mean} sd {sd}"
+        );
     }
 
     #[test]

@@ -72,12 +72,18 @@ impl<'a> Params<'a> {
     }
 
     /// A string; `default` when absent, an error when absent and required.
-    pub(crate) fn text(&mut self, key: &'static str, default: Option<&'a str>) -> Result<&'a str, PlantError> {
+    pub(crate) fn text(
+        &mut self,
+        key: &'static str,
+        default: Option<&'a str>,
+    ) -> Result<&'a str, PlantError> {
         self.note(key);
         match self.table.get(key) {
             None => default.ok_or_else(|| self.missing(key)),
             Some(toml::Value::String(s)) => Ok(s.as_str()),
-            Some(other) => Err(self.bad(key, format!("must be a string, not {}", other.type_str()))),
+            Some(other) => {
+                Err(self.bad(key, format!("must be a string, not {}", other.type_str())))
+            }
         }
     }
 
@@ -93,7 +99,12 @@ impl<'a> Params<'a> {
             .iter()
             .find(|o| **o == given)
             .copied()
-            .ok_or_else(|| self.bad(key, format!("{given:?} is not one of {}", options.join(", "))))
+            .ok_or_else(|| {
+                self.bad(
+                    key,
+                    format!("{given:?} is not one of {}", options.join(", ")),
+                )
+            })
     }
 
     /// A list of strings (a single string counts as a list of one); empty when absent.
@@ -106,10 +117,15 @@ impl<'a> Params<'a> {
                 .iter()
                 .map(|v| match v {
                     toml::Value::String(s) => Ok(s.as_str()),
-                    other => Err(self.bad(key, format!("must list strings, not {}", other.type_str()))),
+                    other => {
+                        Err(self.bad(key, format!("must list strings, not {}", other.type_str())))
+                    }
                 })
                 .collect(),
-            Some(other) => Err(self.bad(key, format!("must be a list of strings, not {}", other.type_str()))),
+            Some(other) => Err(self.bad(
+                key,
+                format!("must be a list of strings, not {}", other.type_str()),
+            )),
         }
     }
 

@@ -123,7 +123,10 @@ impl Model for Pv {
         let g = self.irradiance(env);
         self.poa = g;
         self.t_cell = env.ambient_c + 0.032 * g;
-        let dc_avail = (self.kwp * g / 1000.0 * (self.pr / ETA_INV) * (1.0 + GAMMA * (self.t_cell - T_QUOTED))).max(0.0);
+        let dc_avail = (self.kwp * g / 1000.0
+            * (self.pr / ETA_INV)
+            * (1.0 + GAMMA * (self.t_cell - T_QUOTED)))
+            .max(0.0);
         let light = dc_avail > 0.002 * self.kwp;
         if !light {
             self.state = SLEEPING;
@@ -211,7 +214,11 @@ impl Model for Pv {
             "pv.operating_state",
             "pv.event_flags",
         ];
-        m.extend(AC_METRICS.iter().filter(|x| !x.starts_with("electricity.active_power")));
+        m.extend(
+            AC_METRICS
+                .iter()
+                .filter(|x| !x.starts_with("electricity.active_power")),
+        );
         m
     }
 

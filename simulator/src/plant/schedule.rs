@@ -56,8 +56,16 @@ impl Schedule {
     /// Whether the time of `env` is inside a window.
     pub(crate) fn contains(&self, env: &Env) -> bool {
         let t = env.local_ms;
-        self.daily.iter().any(|&(a, b)| if a < b { t >= a && t < b } else { t >= a || t < b })
-            || self.absolute.iter().any(|&(a, b)| env.t_ms >= a && env.t_ms < b)
+        self.daily.iter().any(|&(a, b)| {
+            if a < b {
+                t >= a && t < b
+            } else {
+                t >= a || t < b
+            }
+        }) || self
+            .absolute
+            .iter()
+            .any(|&(a, b)| env.t_ms >= a && env.t_ms < b)
     }
 }
 

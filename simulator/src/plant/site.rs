@@ -30,8 +30,16 @@ const K_HAZE: u64 = fnv("site.haze");
 const K_AIR_DAY: u64 = fnv("site.air.day");
 const K_AIR_FAST: u64 = fnv("site.air.fast");
 const K_SEA: u64 = fnv("site.sea");
-const K_VOLT: [u64; 3] = [fnv("site.volt.l1"), fnv("site.volt.l2"), fnv("site.volt.l3")];
-const K_VOLT_FAST: [u64; 3] = [fnv("site.volt.f1"), fnv("site.volt.f2"), fnv("site.volt.f3")];
+const K_VOLT: [u64; 3] = [
+    fnv("site.volt.l1"),
+    fnv("site.volt.l2"),
+    fnv("site.volt.l3"),
+];
+const K_VOLT_FAST: [u64; 3] = [
+    fnv("site.volt.f1"),
+    fnv("site.volt.f2"),
+    fnv("site.volt.f3"),
+];
 const K_VOLT_SITE: u64 = fnv("site.volt");
 const K_HZ: u64 = fnv("site.hz");
 const K_HZ_FAST: u64 = fnv("site.hz.fast");
@@ -115,7 +123,13 @@ pub(crate) fn daily_window(hour: f64, start: f64, end: f64, ramp_h: f64) -> f64 
     if end - start >= 24.0 {
         return 1.0;
     }
-    let lin = |h: f64| smoothstep((h - start) / r + 0.5) * (1.0 - smoothstep((h - end) / r + 0.5));
+    let lin = |h: f64| {
+        if h <= start - r / 2.0 || h >= end + r / 2.0 {
+            0.0
+        } else {
+            smoothstep((h - start) / r + 0.5) * (1.0 - smoothstep((h - end) / r + 0.5))
+        }
+    };
     lin(hour).max(lin(hour + 24.0)).max(lin(hour - 24.0))
 }
 
@@ -299,7 +313,9 @@ impl Site {
             ambient_c: 0.0,
             sea_c: SEA_C + 0.5 * smooth(seed, K_SEA, t_ms, DAY_MS),
             volts: [0.0; 3],
-            hz: 50.0 + 0.02 * smooth(seed, K_HZ, t_ms, 120_000) + 0.006 * smooth(seed, K_HZ_FAST, t_ms, 7_000),
+            hz: 50.0
+                + 0.02 * smooth(seed, K_HZ, t_ms, 120_000)
+                + 0.006 * smooth(seed, K_HZ_FAST, t_ms, 7_000),
         };
         weather.ambient_c = env.lag(weather.ambient_c, target, 1800.0);
         env.ambient_c = weather.ambient_c;
@@ -318,7 +334,11 @@ impl Site {
 /// Cosine of the zenith angle and the azimuth (degrees from north) of the sun, from the `spa`
 /// solar position algorithm.
 fn sun(latitude: f64, longitude: f64, t_ms: i64) -> (f64, f64) {
-    match spa::solar_position::<spa::StdFloatOps>(utc_at(t_ms.div_euclid(1000)), latitude, longitude) {
+    match spa::solar_position::<spa::StdFloatOps>(
+        utc_at(t_ms.div_euclid(1000)),
+        latitude,
+        longitude,
+    ) {
         Ok(p) => (p.zenith_angle.to_radians().cos(), p.azimuth),
         Err(_) => (-1.0, 0.0),
     }

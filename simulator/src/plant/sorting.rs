@@ -15,7 +15,7 @@
 //! Electrical power: `power_kw` × (0.4 + 0.6 × feed / rated) while running (crushers and
 //! screens idle at 40 %), 4 % when stopped; a load on the grid meter.
 
-use super::noise::fnv;
+use super::noise::key;
 use super::params::Params;
 use super::schedule::Schedule;
 use super::site::Env;
@@ -99,8 +99,10 @@ impl Model for Line {
         let scheduled = self.shifts.contains(env);
         let target = if scheduled {
             self.rated
-                * (0.945 + 0.035 * env.wobble(self.key ^ fnv("feed.slow"), 900.0) + 0.015 * env.wobble(self.key ^ fnv("feed.fast"), 60.0))
-                    .min(1.0)
+                * (0.945
+                    + 0.035 * env.wobble(self.key ^ key!("feed.slow"), 900.0)
+                    + 0.015 * env.wobble(self.key ^ key!("feed.fast"), 60.0))
+                .min(1.0)
         } else {
             0.0
         };
@@ -117,7 +119,8 @@ impl Model for Line {
         self.landfill_t += self.feed * self.landfill * env.dt_h;
         let load = self.feed / self.rated;
         if self.running {
-            self.separation = 98.6 - 1.2 * load + 0.3 * env.wobble(self.key ^ fnv("separation"), 1800.0);
+            self.separation =
+                98.6 - 1.2 * load + 0.3 * env.wobble(self.key ^ key!("separation"), 1800.0);
         }
         self.power = if self.running {
             self.power_kw * (0.4 + 0.6 * load)

@@ -9,7 +9,7 @@
 //!
 //! Parameters: `boiler` and `recovery` (device names; the recovery must serve that boiler).
 
-use super::noise::fnv;
+use super::noise::key;
 use super::params::Params;
 use super::site::Env;
 use super::{Build, Bus, Model, PlantError};
@@ -36,7 +36,11 @@ impl Stack {
         if served != Some(b.name_of(boiler)) {
             return Err(p.bad(
                 "recovery",
-                format!("`{}` recovers heat from {served:?}, not from boiler `{}`", b.name_of(recovery), b.name_of(boiler)),
+                format!(
+                    "`{}` recovers heat from {served:?}, not from boiler `{}`",
+                    b.name_of(recovery),
+                    b.name_of(boiler)
+                ),
             ));
         }
         Ok(Self {
@@ -53,7 +57,7 @@ impl Model for Stack {
     fn step(&mut self, env: &Env, bus: &mut [Bus], _me: usize) {
         let bo = bus[self.boiler].boiler;
         let rec = bus[self.recovery];
-        let w = |k: &str, s: f64| env.wobble(self.key ^ fnv(k), s);
+        let w = |k: u64, s: f64| env.wobble(self.key ^ k, s);
         if !bo.running {
             self.temp_c = env.lag(self.temp_c, env.ambient_c, 1800.0);
             self.o2 = 20.9;
@@ -66,10 +70,12 @@ impl Model for Stack {
         self.temp_c = rec.exit_c;
         self.o2 = bo.o2 + 0.3;
         self.flow = bo.flue_nm3h;
-        self.nox = 120.0 + 30.0 * l + 6.0 * w("nox", 600.0);
-        self.so2 = ((15.0 + 10.0 * l) * (1.0 - 0.4 * scrub) + 2.0 * w("so2", 900.0)).max(0.5);
-        self.dust = ((6.0 + 3.0 * l) * (1.0 - 0.35 * scrub) + 0.6 * w("dust", 300.0)).max(0.2);
-        self.co = 50.0 + 120.0 * (1.0 - l).powi(2) + 12.0 * w("co", 120.0);
+        self.nox = 120.0 + 30.0 * l + 6.0 * w(key!("stack.nox"), 600.0);
+        self.so2 =
+            ((15.0 + 10.0 * l) * (1.0 - 0.4 * scrub) + 2.0 * w(key!("stack.so2"), 900.0)).max(0.5);
+        self.dust =
+            ((6.0 + 3.0 * l) * (1.0 - 0.35 * scrub) + 0.6 * w(key!("stack.dust"), 300.0)).max(0.2);
+        self.co = 50.0 + 120.0 * (1.0 - l).powi(2) + 12.0 * w(key!("stack.co"), 120.0);
     }
 
     fn value(&self, _env: &Env, metric: &str) -> Option<f64> {

@@ -79,7 +79,11 @@ impl SteamMeter {
 impl Model for SteamMeter {
     fn step(&mut self, env: &Env, bus: &mut [Bus], _me: usize) {
         let bo = bus[self.boiler].boiler;
-        self.flow = if bo.running { self.share * bo.steam_tph } else { 0.0 };
+        self.flow = if bo.running {
+            self.share * bo.steam_tph
+        } else {
+            0.0
+        };
         self.p_bar = match self.pressure {
             None => bo.steam_bar,
             Some(p) if bo.steam_set_bar > 0.0 => p * bo.steam_bar / bo.steam_set_bar,
@@ -107,7 +111,13 @@ impl Model for SteamMeter {
             Stream::Stage => "steam.used_mass",
             Stream::Vent => "steam.vented_mass",
         };
-        vec!["steam.flow_rate", "steam.mass", role, "steam.pressure", "steam.temperature"]
+        vec![
+            "steam.flow_rate",
+            "steam.mass",
+            role,
+            "steam.pressure",
+            "steam.temperature",
+        ]
     }
 
     fn phase(&self) -> u8 {

@@ -17,14 +17,14 @@
 
 use std::f64::consts::PI;
 
-use super::noise::fnv;
+use super::noise::key;
 use super::params::Params;
 use super::site::{Env, daily_window};
 use super::{Build, Bus, Model, PlantError};
 
 const STANDARD_DN: &[f64] = &[
-    15.0, 20.0, 25.0, 32.0, 40.0, 50.0, 65.0, 80.0, 100.0, 125.0, 150.0, 200.0, 250.0, 300.0, 350.0, 400.0, 450.0, 500.0,
-    600.0, 700.0, 800.0, 900.0, 1000.0, 1200.0,
+    15.0, 20.0, 25.0, 32.0, 40.0, 50.0, 65.0, 80.0, 100.0, 125.0, 150.0, 200.0, 250.0, 300.0,
+    350.0, 400.0, 450.0, 500.0, 600.0, 700.0, 800.0, 900.0, 1000.0, 1200.0,
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -60,7 +60,17 @@ pub(crate) struct FlowMeter {
 
 impl FlowMeter {
     pub(crate) fn new(p: &mut Params<'_>, b: &Build<'_>) -> Result<Self, PlantError> {
-        let stream = match p.choice("stream", &["fresh", "reused", "rain_collected", "rain_used", "discharged"], None)? {
+        let stream = match p.choice(
+            "stream",
+            &[
+                "fresh",
+                "reused",
+                "rain_collected",
+                "rain_used",
+                "discharged",
+            ],
+            None,
+        )? {
             "fresh" => Stream::Fresh,
             "reused" => Stream::Reused,
             "rain_collected" => Stream::RainCollected,
@@ -69,7 +79,8 @@ impl FlowMeter {
         };
         let shape_mean = (0..1440).map(|m| shape(f64::from(m) / 60.0)).sum::<f64>() / 1440.0;
         let peak_shape = 1.25 / shape_mean;
-        let (mut daily, mut catchment, mut runoff, mut tank_cap, mut collected) = (0.0, 0.0, 0.0, 0.0, None);
+        let (mut daily, mut catchment, mut runoff, mut tank_cap, mut collected) =
+            (0.0, 0.0, 0.0, 0.0, None);
         let peak = if stream == Stream::RainCollected {
             catchment = p.number("catchment_m2", None, 0.0, 1.0e8)?;
             runoff = p.number("runoff", Some(0.85), 0.0, 1.0)?;
@@ -102,7 +113,10 @@ impl FlowMeter {
         if let Some(c) = collected
             && b.param_text(c, "stream") != Some("rain_collected")
         {
-            return Err(p.bad("collected", format!("`{}` is not a rain_collected meter", b.name_of(c))));
+            return Err(p.bad(
+                "collected",
+                format!("`{}` is not a rain_collected meter", b.name_of(c)),
+            ));
         }
         let dn = if p.has("dn_mm") {
             p.number("dn_mm", None, 5.0, 5000.0)?
@@ -140,7 +154,9 @@ impl FlowMeter {
     }
 
     fn demand(&self, env: &Env) -> f64 {
-        let swing = 1.0 + 0.08 * env.wobble(self.key ^ fnv("flow.slow"), 600.0) + 0.03 * env.wobble(self.key ^ fnv("flow.fast"), 60.0);
+        let swing = 1.0
+            + 0.08 * env.wobble(self.key ^ key!("flow.slow"), 600.0)
+            + 0.03 * env.wobble(self.key ^ key!("flow.fast"), 60.0);
         (self.daily / 24.0 * shape(env.hour) / self.shape_mean * swing).max(0.0)
     }
 
@@ -158,7 +174,7 @@ impl FlowMeter {
 impl Model for FlowMeter {
     fn step(&mut self, env: &Env, bus: &mut [Bus], me: usize) {
         let temp_target = match self.stream {
-            Stream::Fresh => 17.0 + 0.3 * env.wobble(self.key ^ fnv("temp"), 3600.0),
+            Stream::Fresh => 17.0 + 0.3 * env.wobble(self.key ^ key!("temp"), 3600.0),
             Stream::Reused | Stream::Discharged => env.ambient_c + 3.0,
             Stream::RainCollected | Stream::RainUsed => env.ambient_c - 1.0,
         };
@@ -166,14 +182,22 @@ impl Model for FlowMeter {
         self.rate = match self.stream {
             Stream::Fresh | Stream::Reused | Stream::Discharged => self.demand(env),
             Stream::RainCollected => {
-                let r = env.lag(self.rate, env.rain_mm_h * self.catchment * self.runoff / 1000.0, 600.0);
+                let r = env.lag(
+                    self.rate,
+                    env.rain_mm_h * self.catchment * self.runoff / 1000.0,
+                    600.0,
+                );
                 if r < 1e-4 { 0.0 } else { r }
             }
             Stream::RainUsed => {
                 if let Some(c) = self.collected {
                     self.tank += bus[c].flow_m3h * env.dt_h;
                 }
-                let r = if env.dt_h > 0.0 { self.demand(env).min(self.tank / env.dt_h) } else { 0.0 };
+                let r = if env.dt_h > 0.0 {
+                    self.demand(env).min(self.tank / env.dt_h)
+                } else {
+                    0.0
+                };
                 self.tank = (self.tank - r * env.dt_h).clamp(0.0, self.tank_cap);
                 r
             }
@@ -189,7 +213,7 @@ impl Model for FlowMeter {
             "flow.negative_volume" | "flow.error_flags" => 0.0,
             "flow.velocity" => self.rate / 3600.0 / self.area_m2,
             "flow.temperature" => self.temp_c,
-            "flow.signal_quality" => 85.0 + 5.0 * env.wobble(self.key ^ fnv("quality"), 3600.0),
+            "flow.signal_quality" => 85.0 + 5.0 * env.wobble(self.key ^ key!("quality"), 3600.0),
             m if m == self.role() => self.volume,
             _ => return None,
         })
@@ -210,6 +234,10 @@ impl Model for FlowMeter {
     }
 
     fn phase(&self) -> u8 {
-        if self.stream == Stream::RainUsed { 1 } else { 0 }
+        if self.stream == Stream::RainUsed {
+            1
+        } else {
+            0
+        }
     }
 }
