@@ -665,6 +665,10 @@ fn metrics_lists_what_value_and_text_answer() {
         sim.plant.text(0, "device.serial_number").as_deref(),
         Some("SIM-grid-42")
     );
+    assert_eq!(
+        sim.plant.text(0, "device.model_name").as_deref(),
+        Some("SIM-grid_meter")
+    );
     assert_eq!(sim.plant.value(999, "ambient.temperature"), None);
     assert!(sim.plant.metrics(999).is_empty());
     assert_eq!(sim.plant.value(sim.idx("grid"), "pv.ac_power"), None);
@@ -807,4 +811,29 @@ fn a_day_of_one_second_steps_runs_in_well_under_a_second() {
     if !cfg!(debug_assertions) {
         assert!(took.as_secs_f64() < 0.5, "{took:?}");
     }
+}
+
+#[test]
+fn every_point_of_the_greensail_profiles_is_produced_by_its_model() {
+    // With the real profile library: what the server will ask each model for.
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/greensail.toml");
+    let sc =
+        Scenario::load(&path, &fivezero_profiles::library_dir()).expect("greensail.toml loads");
+    let mut plant = Plant::new(&sc).expect("plant builds");
+    plant.advance_to(sc.site.start_ms + 13 * HOUR_MS);
+    let mut missing = Vec::new();
+    for (i, d) in sc.devices.iter().enumerate() {
+        let produced = plant.metrics(i);
+        for p in &d.profile.points {
+            if let Some(m) = &p.metric
+                && !produced.contains(&m.id)
+            {
+                missing.push(format!(
+                    "{} ({}): {} → {}",
+                    d.name, d.profile.id, p.name, m.id
+                ));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "not produced:\n{}", missing.join("\n"));
 }

@@ -17,9 +17,25 @@
 //! | `sorting_line` | construction-waste sorting line | `rated_tph`, shares, `shifts`, `power_kw` |
 //! | `water` | flow meter of a water stream | `stream`, `daily_m3` (or `catchment_m2` for rain) |
 //!
-//! Every model also takes `age_days` (365): lifetime counters start where a device that has
-//! run that long would be, so they are not zero (SunSpec's "not accumulated") at start.
-//! The module of each model documents its physics, parameters and state codes.
+//! Every model also takes `age_days` (default: a seeded 330–400 days): lifetime counters start
+//! where a device that has run that long would be, so they are not zero (SunSpec's "not
+//! accumulated") at start, and two devices of one kind do not show the same totals.
+//!
+//! [`Physics::text`] answers `device.serial_number` = `SIM-<device>-<seed>`,
+//! `device.model_name` = `SIM-<physics>` and `device.firmware_version` = `fivezero-sim <version>`.
+//! The module of each model (`src/plant/<model>.rs`) documents its physics and parameters.
+//!
+//! State codes (numeric, as [`Physics::value`] returns them; profiles label them):
+//! - `pv.operating_state`: SunSpec `St`: 2 sleeping (no light), 3 starting (first 60 s of
+//!   light), 4 MPPT, 5 throttled (at the AC limit). `pv.event_flags`: 0.
+//! - `ev.charging_state` (KEBA P30 style): 2 ready, no vehicle; 3 charging; 5 vehicle plugged,
+//!   not charging (authorising, or finished and still plugged). `ev.cable_state`: 1 cable at
+//!   the station, no vehicle; 7 plugged into station and vehicle, locked.
+//! - `boiler.state` (labels of `biomass-boiler-plc-template`): 0 off, 1 standby, 2 purge /
+//!   ignition, 3 firing, 4 low fire, 5 burn-out, 6 fault, 7 maintenance; the model fires round
+//!   the clock and reports 3 or 4.
+//! - `boiler.running`, `compressor.running`, `compressor.loaded`, `sorting.running`: 1 / 0.
+//!   `compressor.alarm_flags`, `flow.error_flags`: 0.
 //!
 //! Time advances in fixed steps of `scenario.step` from `site.start`; randomness (clouds, rain,
 //! vehicle arrivals, process swings, measurement noise) is hashed from (seed, stream, time) so
@@ -284,10 +300,13 @@ impl Plant {
         let mut devices = Vec::with_capacity(scenario.devices.len());
         for (index, spec) in scenario.devices.iter().enumerate() {
             let mut p = Params::new(&spec.name, &spec.physics, &spec.params);
-            let age_days = p.number("age_days", Some(365.0), 0.0, 36_500.0)?;
+            let key = fnv(&spec.name);
+            // Devices commissioned together differ by a few weeks, so their totals differ.
+            let default_age = 330.0 + 70.0 * noise::uniform(scenario.seed, &[key, fnv("age")]);
+            let age_days = p.number("age_days", Some(default_age), 0.0, 36_500.0)?;
             let b = Build {
                 seed: scenario.seed,
-                key: fnv(&spec.name),
+                key,
                 index,
                 age_days,
                 devices: &scenario.devices,
@@ -315,7 +334,7 @@ impl Plant {
             p.finish()?;
             devices.push(Device {
                 name: spec.name.clone(),
-                model_name: spec.profile.model.clone(),
+                model_name: format!("SIM-{}", spec.physics),
                 key: b.key,
                 model,
             });
@@ -395,16 +414,25 @@ fn check_steam_shares(devices: &[Device]) -> Result<(), PlantError> {
     Ok(())
 }
 
-/// Sensor noise added to gauge readings: ±0.05 K on temperatures, 0.2 % elsewhere; none on
-/// voltages, frequency and power factor (their variation is the grid's own), counters or states.
+/// Sensor noise added to gauge readings: σ 0.05 K on temperatures, 0.2 % elsewhere; none on
+/// voltages, frequency and power factor (their variation is the grid's own), on times and
+/// on figures a controller computes, nor on counters and states.
 fn with_noise(env: &Env, key: u64, metric: &str, x: f64) -> f64 {
     let Some(m) = fivezero_model::metric::lookup(metric) else {
         return x;
     };
     if m.kind != fivezero_model::Kind::Gauge
         || metric.starts_with("electricity.voltage_l")
-        || metric == "electricity.frequency"
-        || metric == "electricity.power_factor"
+        || matches!(
+            metric,
+            "electricity.frequency"
+                | "electricity.power_factor"
+                | "electricity.power_demand"
+                | "electricity.power_demand_max"
+                | "ev.charging_time"
+                | "sorting.separation_rate"
+                | "flow.signal_quality"
+        )
     {
         return x;
     }
