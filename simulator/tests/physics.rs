@@ -837,3 +837,36 @@ fn every_point_of_the_greensail_profiles_is_produced_by_its_model() {
     }
     assert!(missing.is_empty(), "not produced:\n{}", missing.join("\n"));
 }
+
+#[test]
+fn a_charge_point_serves_charging_states_in_its_own_profiles_codes() {
+    // Give the car charger ABB Terra AC codes: idle 0, charging 0x0400, plugged 0x0200.
+    let text = park(42, 1.0).replace(
+        "fleet = \"car\"\nmax_power_kw = 22",
+        "fleet = \"car\"\nmax_power_kw = 22\nstate_codes = [0, 1024, 512]",
+    );
+    let mut sim = Sim::new(&text);
+    let mut seen = std::collections::BTreeSet::new();
+    for k in 1..=1440 {
+        sim.at(k * 60_000);
+        seen.insert(sim.get("car-1", "ev.charging_state") as i64);
+    }
+    assert!(seen.contains(&0) && seen.contains(&1024), "{seen:?}");
+    assert!(
+        seen.is_subset(&[0, 1024, 512].into_iter().collect()),
+        "{seen:?}"
+    );
+}
+
+#[test]
+fn state_codes_must_be_three_numbers() {
+    let text = park(42, 1.0).replace(
+        "fleet = \"car\"\nmax_power_kw = 22",
+        "fleet = \"car\"\nmax_power_kw = 22\nstate_codes = [0, 1024]",
+    );
+    let err = Plant::new(&scenario(&text)).unwrap_err().to_string();
+    assert!(
+        err.contains("car-1") && err.contains("state_codes"),
+        "{err}"
+    );
+}

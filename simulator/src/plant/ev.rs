@@ -109,6 +109,8 @@ pub(crate) struct Charger {
     /// ∫ weight dh over a day, to turn the weight into arrivals per hour.
     weight_day: f64,
     wiring: Wiring,
+    /// The device's codes for ready, charging and plugged-not-charging (`state_codes`).
+    codes: [f64; 3],
     // State.
     stage: Stage,
     session: u64,
@@ -142,6 +144,18 @@ impl Charger {
             1.0,
             0.9 * fleet.capacity() / 1.4,
         )?;
+        let codes = match p.has("state_codes") {
+            false => [READY, CHARGING, PLUGGED],
+            true => {
+                let given = p.numbers("state_codes", 0.0, 65_535.0)?;
+                <[f64; 3]>::try_from(given.as_slice()).map_err(|_| {
+                    p.bad(
+                        "state_codes",
+                        "must list three codes: [ready, charging, plugged-not-charging]",
+                    )
+                })?
+            }
+        };
         let weight_day = (0..1440)
             .map(|m| fleet.weight(f64::from(m) / 60.0))
             .sum::<f64>()
@@ -154,6 +168,7 @@ impl Charger {
             mean_kwh,
             weight_day,
             wiring: b.wiring(0.01),
+            codes,
             stage: Stage::Free,
             session: 0,
             wait_s: 0.0,
@@ -246,9 +261,9 @@ impl Model for Charger {
             "ev.state_of_charge" if plugged => 100.0 * self.soc,
             "ev.state_of_charge" => return None,
             "ev.charging_state" => match self.stage {
-                Stage::Free => READY,
-                Stage::Charging => CHARGING,
-                Stage::Authorising | Stage::Finished => PLUGGED,
+                Stage::Free => self.codes[0],
+                Stage::Charging => self.codes[1],
+                Stage::Authorising | Stage::Finished => self.codes[2],
             },
             "ev.cable_state" => {
                 if plugged {

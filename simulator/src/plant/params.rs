@@ -107,6 +107,44 @@ impl<'a> Params<'a> {
             })
     }
 
+    /// A list of numbers, each within `min..=max`; empty when absent.
+    pub(crate) fn numbers(
+        &mut self,
+        key: &'static str,
+        min: f64,
+        max: f64,
+    ) -> Result<Vec<f64>, PlantError> {
+        self.note(key);
+        let Some(value) = self.table.get(key) else {
+            return Ok(Vec::new());
+        };
+        let toml::Value::Array(items) = value else {
+            return Err(self.bad(
+                key,
+                format!("must be a list of numbers, not {}", value.type_str()),
+            ));
+        };
+        items
+            .iter()
+            .map(|v| {
+                let x = match v {
+                    toml::Value::Integer(i) => *i as f64,
+                    toml::Value::Float(x) => *x,
+                    other => {
+                        return Err(
+                            self.bad(key, format!("must list numbers, not {}", other.type_str()))
+                        );
+                    }
+                };
+                if x.is_finite() && (min..=max).contains(&x) {
+                    Ok(x)
+                } else {
+                    Err(self.bad(key, format!("{x} is outside {min}..={max}")))
+                }
+            })
+            .collect()
+    }
+
     /// A list of strings (a single string counts as a list of one); empty when absent.
     pub(crate) fn list(&mut self, key: &'static str) -> Result<Vec<&'a str>, PlantError> {
         self.note(key);
