@@ -862,6 +862,37 @@ pub fn encode_raw(
     Ok(())
 }
 
+/// Like [`encode`], but a value past the top of an unsigned integer type (`u16`, `u32`, `u64`)
+/// wraps modulo 2^bits, the way a device's counter register rolls over; other types behave
+/// exactly as [`encode`]. The simulator serves lifetime counters through it, so the gateway
+/// meets real rollovers.
+///
+/// # Errors
+/// As [`encode`], except [`EncodeError::OutOfRange`] above the top of an unsigned type.
+pub fn encode_wrapping(
+    profile: &Profile,
+    point: usize,
+    value: f64,
+    image: &mut RegisterImage,
+) -> Result<(), EncodeError> {
+    match encode(profile, point, value, image) {
+        Err(e @ EncodeError::OutOfRange { .. }) => {
+            let p = encode_point(profile, point)?;
+            if !matches!(p.data_type, DataType::U16 | DataType::U32 | DataType::U64) || value < 0.0
+            {
+                return Err(e);
+            }
+            let x = unscale(profile, point, p, value, image)?.round();
+            let bits = 16 * i32::from(p.data_type.width());
+            // `as` saturates at u64::MAX for the one value rounding may push to 2^64.
+            let raw = x.rem_euclid(2f64.powi(bits)) as u64;
+            write_raw(p, raw, image);
+            Ok(())
+        }
+        other => other,
+    }
+}
+
 fn encode_point(profile: &Profile, point: usize) -> Result<&Point, EncodeError> {
     profile
         .points

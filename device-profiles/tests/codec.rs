@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use fivezero_model::Kind;
 use fivezero_model::units::Conversion;
 use fivezero_profiles::codec::{
-    DecodeError, Decoded, EncodeError, NotAvailable, RegisterImage, decode, encode,
+    self, DecodeError, Decoded, EncodeError, NotAvailable, RegisterImage, decode, encode,
     encode_not_available, encode_raw, encode_text, raw, raw_to_words, words_to_raw,
 };
 use fivezero_profiles::{Category, DataType, Point, Profile, ReadLimits, Table, WordOrder};
@@ -928,4 +928,27 @@ proptest! {
             );
         }
     }
+}
+
+#[test]
+fn a_counter_past_the_top_of_a_u32_wraps_like_the_device_register() {
+    // 0.1 kWh per count: 429,496,729.6 kWh is one full turn of the register.
+    let p = profile(vec![holding("energy", 0, DataType::U32).scale(0.1)]);
+    let mut image = RegisterImage::new();
+    let turn = 4_294_967_296.0 * 0.1;
+    assert!(
+        codec::encode(&p, 0, turn + 12.5, &mut image).is_err(),
+        "plain encode refuses"
+    );
+    codec::encode_wrapping(&p, 0, turn + 12.5, &mut image).unwrap();
+    assert_close(number(&codec::decode(&p, 0, &image).unwrap()), 12.5, 1e-9);
+    codec::encode_wrapping(&p, 0, 7.0, &mut image).unwrap();
+    assert_close(number(&codec::decode(&p, 0, &image).unwrap()), 7.0, 1e-9);
+}
+
+#[test]
+fn signed_and_float_points_never_wrap() {
+    let p = profile(vec![holding("t", 0, DataType::I16)]);
+    let mut image = RegisterImage::new();
+    assert!(codec::encode_wrapping(&p, 0, 40_000.0, &mut image).is_err());
 }

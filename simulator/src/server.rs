@@ -1173,41 +1173,15 @@ fn encode_number(
         }
         _ => v,
     };
-    match codec::encode(profile, i, v, image) {
-        Ok(()) => Ok(ValueSource::Physics),
-        Err(e @ EncodeError::OutOfRange { .. }) if wraps(p) => {
-            let raw = wrapped_raw(profile, p, v, image).ok_or(e)?;
-            codec::encode_raw(profile, i, raw, image)?;
-            Ok(ValueSource::Wrapped)
+    if wraps(p) {
+        // Lifetime counters roll over like the device's register; say when one did.
+        if codec::encode(profile, i, v, image).is_ok() {
+            return Ok(ValueSource::Physics);
         }
-        Err(e) => Err(e),
+        codec::encode_wrapping(profile, i, v, image)?;
+        return Ok(ValueSource::Wrapped);
     }
-}
-
-/// The raw count of counter `p` for `value`, modulo the register range.
-fn wrapped_raw(profile: &Profile, p: &Point, value: f64, image: &RegisterImage) -> Option<u64> {
-    let c = p.conversion;
-    let mut x = value;
-    if c.scale != 1.0 || c.offset != 0.0 {
-        x = (x - c.offset) / c.scale;
-    }
-    x = (x - p.offset) / p.scale;
-    if let Some(sf_index) = p.scale_factor {
-        let sf = codec::raw(profile, sf_index, image).ok()? as u16 as i16;
-        if !(-10..=10).contains(&sf) {
-            return None;
-        }
-        let pow = 10f64.powi(i32::from(sf.unsigned_abs()));
-        x = if sf < 0 { x * pow } else { x / pow };
-    }
-    let r = x.round();
-    if !r.is_finite() {
-        return None;
-    }
-    let bits = 16 * i32::from(p.data_type.width().min(4));
-    let modulus = 2f64.powi(bits);
-    // `as` saturates at u64::MAX for the one value rounding may push to 2^64.
-    Some(r.rem_euclid(modulus) as u64)
+    codec::encode(profile, i, v, image).map(|()| ValueSource::Physics)
 }
 
 /// Text a point can hold: ASCII without NUL, cut to the point's length.
