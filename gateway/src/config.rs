@@ -60,6 +60,8 @@
 //! | `FIVEZERO_GATEWAY__SITE` | `gateway.site` | site id, a topic level | required |
 //! | `FIVEZERO_GATEWAY__STATE_DIR` | `gateway.state_dir` | folder of the buffer database | `/var/lib/fivezero` |
 //! | `FIVEZERO_GATEWAY__PROFILE_DIR` | `gateway.profile_dir` | the profile library searched for profile ids | the library in the source tree |
+//! | `FIVEZERO_GATEWAY__SHUTDOWN_TIMEOUT` | `gateway.shutdown_timeout` | how long SIGTERM may take to commit, flush and disconnect | `10s` |
+//! | `FIVEZERO_METRICS__LISTEN` | `metrics.listen` | address of the Prometheus endpoint; `""` turns it off | `127.0.0.1:9464` |
 //! | `FIVEZERO_MQTT__URL` | `mqtt.url` | broker, `mqtt://host[:port]` or `mqtts://host[:port]` | `mqtt://127.0.0.1:1883` |
 //! | `FIVEZERO_MQTT__PREFIX` | `mqtt.prefix` | topic prefix | `fivezero/v1` |
 //! | `FIVEZERO_MQTT__USERNAME` | `mqtt.username` | broker user name | none |
@@ -118,6 +120,8 @@ pub struct Config {
     pub buffer: BufferConfig,
     /// `[poll]`.
     pub poll: PollConfig,
+    /// `[metrics]`.
+    pub metrics: MetricsConfig,
     /// The `[[device]]` entries, in file order.
     pub devices: Vec<DeviceConfig>,
 }
@@ -133,6 +137,16 @@ pub struct GatewayConfig {
     pub state_dir: PathBuf,
     /// The profile library devices name profiles from.
     pub profile_dir: PathBuf,
+    /// How long a SIGTERM may take: stop polling, commit, flush what the broker will take,
+    /// disconnect. Match systemd's `TimeoutStopSec` to it (with a margin).
+    pub shutdown_timeout: Duration,
+}
+
+/// `[metrics]`: the Prometheus endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// Address of `GET /metrics`; `None` when `listen = ""` turns it off.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// `[mqtt]`: the broker connection (used by the publisher).

@@ -23,6 +23,8 @@ pub(crate) struct RawConfig {
     pub(crate) buffer: RawBuffer,
     #[serde(default)]
     pub(crate) poll: RawPoll,
+    #[serde(default)]
+    pub(crate) metrics: RawMetrics,
     #[serde(default, rename = "device")]
     pub(crate) devices: Vec<RawDevice>,
 }
@@ -37,6 +39,32 @@ pub(crate) struct RawGateway {
     pub(crate) state_dir: PathBuf,
     #[serde(default)]
     pub(crate) profile_dir: Option<PathBuf>,
+    #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
+    pub(crate) shutdown_timeout: Duration,
+}
+
+const fn default_shutdown_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMetrics {
+    #[serde(default = "default_metrics_listen")]
+    pub(crate) listen: String,
+}
+
+impl Default for RawMetrics {
+    fn default() -> Self {
+        Self {
+            listen: default_metrics_listen(),
+        }
+    }
+}
+
+fn default_metrics_listen() -> String {
+    "127.0.0.1:9464".to_owned()
 }
 
 fn default_state_dir() -> PathBuf {

@@ -8,9 +8,10 @@ use std::time::Duration;
 use fivezero_model::topic::{check_prefix, check_segment};
 use fivezero_profiles::{Profile, load_file};
 
-use super::raw::{RawBuffer, RawConfig, RawDevice, RawGateway, RawMqtt, RawPoll};
+use super::raw::{RawBuffer, RawConfig, RawDevice, RawGateway, RawMetrics, RawMqtt, RawPoll};
 use super::{
-    BufferConfig, Config, ConfigError, DeviceConfig, GatewayConfig, MqttConfig, MqttProtocol,
+    BufferConfig, Config, ConfigError, DeviceConfig, GatewayConfig, MetricsConfig, MqttConfig,
+    MqttProtocol,
     MqttUrl, Parity, PollConfig, SerialSettings, Synchronous, Transport,
 };
 
@@ -70,6 +71,7 @@ pub(super) fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigErro
     let mqtt = mqtt(&raw.mqtt, &base, &mut problems);
     let buffer = buffer(&raw.buffer, &mut problems);
     let poll = poll(&raw.poll, &mut problems);
+    let metrics = metrics(&raw.metrics, &mut problems);
     let devices = devices(&raw.devices, &gateway.profile_dir, &base, &mut problems);
     if problems.0.is_empty() {
         Ok(Config {
@@ -78,6 +80,7 @@ pub(super) fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigErro
             mqtt,
             buffer,
             poll,
+            metrics,
             devices,
         })
     } else {
@@ -110,11 +113,34 @@ fn gateway(raw: &RawGateway, base: &Path, problems: &mut Problems) -> GatewayCon
         .profile_dir
         .as_deref()
         .map_or_else(fivezero_profiles::library_dir, |d| resolve(base, d));
+    if raw.shutdown_timeout.is_zero() || raw.shutdown_timeout > Duration::from_secs(300) {
+        problems.push(format!(
+            "gateway.shutdown_timeout {} must be between 1ms and 5m",
+            humantime::format_duration(raw.shutdown_timeout)
+        ));
+    }
     GatewayConfig {
         id: raw.id.clone(),
         site: raw.site.clone(),
         state_dir: resolve(base, &raw.state_dir),
         profile_dir,
+        shutdown_timeout: raw.shutdown_timeout,
+    }
+}
+
+fn metrics(raw: &RawMetrics, problems: &mut Problems) -> MetricsConfig {
+    let listen = raw.listen.trim();
+    if listen.is_empty() {
+        return MetricsConfig { listen: None };
+    }
+    match listen.parse::<std::net::SocketAddr>() {
+        Ok(addr) => MetricsConfig { listen: Some(addr) },
+        Err(_) => {
+            problems.push(format!(
+                "metrics.listen {listen:?} is not an address such as \"127.0.0.1:9464\" (empty turns the endpoint off)"
+            ));
+            MetricsConfig { listen: None }
+        }
     }
 }
 

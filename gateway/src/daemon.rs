@@ -1,0 +1,239 @@
+//! `fivezero-gateway run`: the daemon that wires poller, buffer and publisher together.
+//!
+//! ```text
+//! poller ──DeviceReadings (bounded)──▶ hand-over task ──append──▶ buffer (SQLite) ◀──Outbox── publisher ──▶ broker
+//!                                                                       ▲                          │
+//!                                                                       └──── sink's ack watermark ◀┘
+//! ```
+//!
+//! Start-up: the config is validated (profiles included), the buffer opened (a new epoch when
+//! needed), the publisher and the poller started, the Prometheus endpoint bound, and systemd
+//! told `READY=1` (a no-op outside systemd). One device that cannot be reached never stops
+//! start-up: the poller keeps retrying it with backoff.
+//!
+//! Shutdown on SIGTERM or SIGINT, within `gateway.shutdown_timeout`:
+//! 1. the poller stops at cycle boundaries; cycles in flight finish and are handed over;
+//! 2. the hand-over task commits everything it holds to the buffer;
+//! 3. the publisher gets what is left of the deadline to publish what the broker will take,
+//!    then publishes the retained `offline` status and disconnects;
+//! 4. the buffer marks a clean stop and checkpoints its WAL.
+//!
+//! Nothing committed is lost by stopping early: what the broker did not acknowledge is
+//! published after the next start.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tracing::{error, info, warn};
+
+use crate::buffer::{Buffer, BufferOptions};
+use crate::config::Config;
+use crate::metrics::{self, DaemonCounts};
+use crate::poll::{self, DeviceReadings, HealthSnapshot, Poller};
+use crate::publish::{PublishStats, Publisher, PublisherConfig};
+
+/// Readings the hand-over task received and the buffer refused.
+#[derive(Debug, Default)]
+struct HandOverCounts {
+    polled: AtomicU64,
+    refused: AtomicU64,
+}
+
+/// Runs the gateway until `stop` completes (the binary passes SIGTERM/SIGINT).
+///
+/// # Errors
+/// Start-up failures that need an operator: the buffer cannot be opened, the metrics address
+/// is taken, the MQTT credentials or certificates cannot be read.
+pub async fn run(config: Config, stop: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let buffer_options = BufferOptions::from_config(&config.gateway, &config.buffer);
+    let buffer = Buffer::open(&config.gateway.state_dir, &buffer_options).with_context(|| {
+        format!(
+            "opening the buffer in {}",
+            config.gateway.state_dir.display()
+        )
+    })?;
+    let stats = buffer.stats();
+    info!(
+        epoch = %stats.epoch,
+        committed_seq = stats.committed_seq,
+        backlog = stats.backlog,
+        "Buffer open."
+    );
+
+    let profiles: Vec<String> = {
+        let mut ids: Vec<String> = config.devices.iter().map(|d| d.profile.id.clone()).collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    };
+    let publisher_config = PublisherConfig::from_config(&config, profiles)
+        .context("preparing the MQTT connection")?;
+    let publisher = Publisher::new(publisher_config, buffer.clone());
+    let publish_stats = publisher.stats();
+    let (publish_stop_tx, publish_stop_rx) = watch::channel(false);
+    let publisher_task = tokio::spawn(async move {
+        let mut rx = publish_stop_rx;
+        let stopped = async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        if let Err(e) = publisher.run(stopped).await {
+            error!(error = %e, "Publisher stopped.");
+        }
+    });
+
+    let capacity = (config.devices.len() * 2).max(16);
+    let (tx, rx) = mpsc::channel::<DeviceReadings>(capacity);
+    let counts = Arc::new(HandOverCounts::default());
+    let hand_over = tokio::spawn(hand_over(rx, buffer.clone(), Arc::clone(&counts)));
+    let poller = poll::spawn(&config, tx);
+
+    let metrics_task = match config.metrics.listen {
+        Some(addr) => Some(
+            serve_metrics(addr, &poller, &buffer, &publish_stats, &counts)
+                .await
+                .with_context(|| format!("binding the metrics endpoint on {addr}"))?,
+        ),
+        None => None,
+    };
+
+    notify_systemd(&[sd_notify::NotifyState::Ready]);
+    let watchdog = sd_notify::watchdog_enabled().map(|period| {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period / 2);
+            loop {
+                tick.tick().await;
+                notify_systemd(&[sd_notify::NotifyState::Watchdog]);
+            }
+        })
+    });
+    info!(
+        gateway = %config.gateway.id,
+        site = %config.gateway.site,
+        devices = config.devices.len(),
+        "Gateway running."
+    );
+
+    stop.await;
+    info!("Stopping: finishing the cycles in flight.");
+    notify_systemd(&[sd_notify::NotifyState::Stopping]);
+    let deadline = tokio::time::Instant::now() + config.gateway.shutdown_timeout;
+
+    // 1–2: stop polling, commit what is in hand.
+    let polling_done = async {
+        poller.shutdown().await;
+        let _ = hand_over.await;
+    };
+    if tokio::time::timeout_at(deadline, polling_done).await.is_err() {
+        warn!("Stopping: the poller did not finish in time; the cycles in flight are not committed.");
+    }
+
+    // 3: let the publisher flush what the broker takes within the deadline.
+    let flushed = async {
+        loop {
+            let s = buffer.stats();
+            if s.broker_acked_seq >= s.committed_seq || !publish_stats.snapshot().connected {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    // Keep a share of the deadline for the offline status and the disconnect.
+    let flush_deadline = deadline
+        .checked_sub(config.gateway.shutdown_timeout / 5)
+        .unwrap_or(deadline);
+    let _ = tokio::time::timeout_at(flush_deadline, flushed).await;
+    publish_stop_tx.send_replace(true);
+    if tokio::time::timeout_at(deadline, publisher_task).await.is_err() {
+        warn!("Stopping: the publisher did not disconnect in time.");
+    }
+
+    // 4: close the buffer cleanly.
+    if let Some(task) = metrics_task {
+        task.abort();
+    }
+    if let Some(task) = watchdog {
+        task.abort();
+    }
+    let backlog = buffer.stats().backlog;
+    buffer.close().await;
+    info!(backlog, "Gateway stopped; the backlog is published after the next start.");
+    Ok(())
+}
+
+/// Moves poll cycles into the buffer, counting what it refuses.
+async fn hand_over(mut rx: mpsc::Receiver<DeviceReadings>, buffer: Buffer, counts: Arc<HandOverCounts>) {
+    while let Some(cycle) = rx.recv().await {
+        let n = cycle.readings.len() as u64;
+        counts.polled.fetch_add(n, Relaxed);
+        if let Err(e) = buffer.append_readings(&cycle).await {
+            counts.refused.fetch_add(u64::from(e.dropped()), Relaxed);
+            // The buffer counts the drop by reason and rate-limits its own ERROR lines.
+            tracing::debug!(device = %cycle.device, reason = e.reason(), "Cycle not committed.");
+        }
+    }
+}
+
+/// Binds `GET /metrics` (Prometheus text format) and `GET /healthz`.
+async fn serve_metrics(
+    addr: SocketAddr,
+    poller: &Poller,
+    buffer: &Buffer,
+    publish: &PublishStats,
+    counts: &Arc<HandOverCounts>,
+) -> std::io::Result<JoinHandle<()>> {
+    use axum::routing::get;
+
+    let health: Vec<_> = poller.device_health().to_vec();
+    let buffer = buffer.clone();
+    let publish = publish.clone();
+    let counts = Arc::clone(counts);
+    let render = move || {
+        let snapshots: Vec<HealthSnapshot> = health.iter().map(poll::DeviceHealth::snapshot).collect();
+        metrics::render(
+            &snapshots,
+            &buffer.stats(),
+            &publish.snapshot(),
+            DaemonCounts {
+                polled_readings: counts.polled.load(Relaxed),
+                refused_readings: counts.refused.load(Relaxed),
+            },
+        )
+    };
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let render = render.clone();
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        render(),
+                    )
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }));
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    info!(address = %listener.local_addr()?, "Metrics on /metrics.");
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            warn!(error = %e, "Metrics endpoint stopped.");
+        }
+    }))
+}
+
+fn notify_systemd(state: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(state) {
+        tracing::debug!(error = %e, "sd_notify failed.");
+    }
+}
