@@ -756,16 +756,6 @@ impl Buffer {
             .clone()
     }
 
-    /// Forgets the broker's acknowledgements of rows the sink has not confirmed, so `pending`
-    /// hands them out again from the start (`sink_ack` mode: for when the sink's watermark
-    /// stalls behind the broker's acknowledgements, e.g. a broker that dropped its queue).
-    ///
-    /// # Errors
-    /// The database failed or the buffer is closed.
-    pub async fn replay_unconfirmed(&self) -> Result<(), OutboxError> {
-        self.call(writer::Command::Replay).await?
-    }
-
     /// Runs the housekeeping now (age eviction, deletion of acknowledged rows) instead of at
     /// the next tick.
     pub async fn maintain(&self) {
@@ -850,6 +840,10 @@ impl Outbox for Buffer {
     async fn broker_acked(&self, first_seq: u64, count: u32) -> Result<(), OutboxError> {
         self.call(|reply| writer::Command::BrokerAcked(first_seq, count, reply))
             .await?
+    }
+
+    async fn replay_unconfirmed(&self) -> Result<(), OutboxError> {
+        self.call(writer::Command::Replay).await?
     }
 
     async fn sink_acked(&self, epoch: Epoch, seq: u64) -> Result<(), OutboxError> {

@@ -68,13 +68,17 @@ pub async fn run(config: Config, stop: impl Future<Output = ()> + Send) -> anyho
     );
 
     let profiles: Vec<String> = {
-        let mut ids: Vec<String> = config.devices.iter().map(|d| d.profile.id.clone()).collect();
+        let mut ids: Vec<String> = config
+            .devices
+            .iter()
+            .map(|d| d.profile.id.clone())
+            .collect();
         ids.sort();
         ids.dedup();
         ids
     };
-    let publisher_config = PublisherConfig::from_config(&config, profiles)
-        .context("preparing the MQTT connection")?;
+    let publisher_config =
+        PublisherConfig::from_config(&config, profiles).context("preparing the MQTT connection")?;
     let publisher = Publisher::new(publisher_config, buffer.clone());
     let publish_stats = publisher.stats();
     let (publish_stop_tx, publish_stop_rx) = watch::channel(false);
@@ -130,8 +134,13 @@ pub async fn run(config: Config, stop: impl Future<Output = ()> + Send) -> anyho
         poller.shutdown().await;
         let _ = hand_over.await;
     };
-    if tokio::time::timeout_at(deadline, polling_done).await.is_err() {
-        warn!("Stopping: the poller did not finish in time; the cycles in flight are not committed.");
+    if tokio::time::timeout_at(deadline, polling_done)
+        .await
+        .is_err()
+    {
+        warn!(
+            "Stopping: the poller did not finish in time; the cycles in flight are not committed."
+        );
     }
 
     // 3: let the publisher flush what the broker takes within the deadline.
@@ -150,7 +159,10 @@ pub async fn run(config: Config, stop: impl Future<Output = ()> + Send) -> anyho
         .unwrap_or(deadline);
     let _ = tokio::time::timeout_at(flush_deadline, flushed).await;
     publish_stop_tx.send_replace(true);
-    if tokio::time::timeout_at(deadline, publisher_task).await.is_err() {
+    if tokio::time::timeout_at(deadline, publisher_task)
+        .await
+        .is_err()
+    {
         warn!("Stopping: the publisher did not disconnect in time.");
     }
 
@@ -163,12 +175,19 @@ pub async fn run(config: Config, stop: impl Future<Output = ()> + Send) -> anyho
     }
     let backlog = buffer.stats().backlog;
     buffer.close().await;
-    info!(backlog, "Gateway stopped; the backlog is published after the next start.");
+    info!(
+        backlog,
+        "Gateway stopped; the backlog is published after the next start."
+    );
     Ok(())
 }
 
 /// Moves poll cycles into the buffer, counting what it refuses.
-async fn hand_over(mut rx: mpsc::Receiver<DeviceReadings>, buffer: Buffer, counts: Arc<HandOverCounts>) {
+async fn hand_over(
+    mut rx: mpsc::Receiver<DeviceReadings>,
+    buffer: Buffer,
+    counts: Arc<HandOverCounts>,
+) {
     while let Some(cycle) = rx.recv().await {
         let n = cycle.readings.len() as u64;
         counts.polled.fetch_add(n, Relaxed);
@@ -195,7 +214,8 @@ async fn serve_metrics(
     let publish = publish.clone();
     let counts = Arc::clone(counts);
     let render = move || {
-        let snapshots: Vec<HealthSnapshot> = health.iter().map(poll::DeviceHealth::snapshot).collect();
+        let snapshots: Vec<HealthSnapshot> =
+            health.iter().map(poll::DeviceHealth::snapshot).collect();
         metrics::render(
             &snapshots,
             &buffer.stats(),

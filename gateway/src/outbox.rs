@@ -98,6 +98,13 @@ pub trait Outbox: Send + Sync + 'static {
         count: u32,
     ) -> impl Future<Output = Result<(), OutboxError>> + Send;
 
+    /// Hands out again, from the next [`Outbox::pending`] on, every message the broker
+    /// acknowledged but the sink's watermark has not passed (`sink_ack` mode; a no-op in
+    /// `broker_ack` mode). The publisher calls it after every reconnect and when the sink's
+    /// watermark stalls: a broker may drop what it acknowledged (queue limits, restarts
+    /// without persistence), and only the sink's watermark proves a message stored.
+    fn replay_unconfirmed(&self) -> impl Future<Output = Result<(), OutboxError>> + Send;
+
     /// The sink's watermark for a stream.
     fn sink_acked(
         &self,

@@ -124,7 +124,8 @@ async fn next_batch(s: &mut TcpStream) -> Option<Sent> {
             }
             Pkt::PingReq => s.write_all(&[0xD0, 0x00]).await.unwrap(),
             Pkt::Disconnect => return None,
-            Pkt::Connect | Pkt::Other(_) => panic!("unexpected {pkt:?}"),
+            Pkt::Connect => panic!("unexpected {pkt:?}"),
+            Pkt::Other(kind) => panic!("unexpected packet type {kind}"),
         }
     }
 }

@@ -82,6 +82,9 @@ struct Runner<'a, O> {
     packet_limit: Option<usize>,
     want_messages: bool,
     want_gaps: bool,
+    /// In `sink_ack` mode: ask the outbox to hand out again what the broker acknowledged but
+    /// the sink has not confirmed (after a reconnect, or when the sink's watermark stalls).
+    want_replay: bool,
     retry_at: Option<Instant>,
     rewind_at: Option<Instant>,
     stop: Stop,
@@ -207,6 +210,7 @@ impl<'a, O: Outbox> Runner<'a, O> {
             packet_limit: None,
             want_messages: true,
             want_gaps: true,
+            want_replay: false,
             retry_at: None,
             rewind_at: None,
             stop: Stop::Running,
@@ -343,6 +347,7 @@ impl<'a, O: Outbox> Runner<'a, O> {
         self.window.rewind();
         self.want_messages = true;
         self.want_gaps = true;
+        self.want_replay = self.cfg.retain_until == RetainUntil::SinkAck;
     }
 
     fn schedule_retry(&mut self, now: Instant) {
@@ -497,6 +502,7 @@ impl<'a, O: Outbox> Runner<'a, O> {
         }
         self.want_messages = true;
         self.want_gaps = true;
+        self.want_replay = self.cfg.retain_until == RetainUntil::SinkAck;
     }
 
     fn on_down(&mut self, error: &str, operator: bool, was_connected: bool, now: Instant) {
@@ -708,6 +714,13 @@ impl<'a, O: Outbox> Runner<'a, O> {
         }
         if self.retry_at.is_some() {
             return;
+        }
+        if self.want_replay {
+            self.want_replay = false;
+            if let Err(e) = self.outbox.replay_unconfirmed().await {
+                self.outbox_failed("replay_unconfirmed", e, now);
+                return;
+            }
         }
         if self.want_gaps && self.window.room() > 0 {
             self.fill_gaps(now).await;
