@@ -11,8 +11,7 @@ use fivezero_profiles::{Profile, load_file};
 use super::raw::{RawBuffer, RawConfig, RawDevice, RawGateway, RawMetrics, RawMqtt, RawPoll};
 use super::{
     BufferConfig, Config, ConfigError, DeviceConfig, GatewayConfig, MetricsConfig, MqttConfig,
-    MqttProtocol,
-    MqttUrl, Parity, PollConfig, SerialSettings, Synchronous, Transport,
+    MqttProtocol, MqttUrl, Parity, PollConfig, SerialSettings, Synchronous, Transport,
 };
 
 /// Shortest device interval.
