@@ -187,8 +187,12 @@ impl Scenario {
                 raw.site.start
             ))
         })?;
-        if !(-90.0..=90.0).contains(&raw.site.latitude) || !(-180.0..=180.0).contains(&raw.site.longitude) {
-            return Err(invalid("site.latitude must be within ±90 and site.longitude within ±180".into()));
+        if !(-90.0..=90.0).contains(&raw.site.latitude)
+            || !(-180.0..=180.0).contains(&raw.site.longitude)
+        {
+            return Err(invalid(
+                "site.latitude must be within ±90 and site.longitude within ±180".into(),
+            ));
         }
         jiff::tz::TimeZone::get(&raw.site.timezone)
             .map_err(|e| invalid(format!("site.timezone {:?}: {e}", raw.site.timezone)))?;
@@ -196,7 +200,11 @@ impl Scenario {
             Some(s) => humantime::parse_duration(&s)
                 .ok()
                 .filter(|d| *d >= Duration::from_millis(10) && *d <= Duration::from_secs(60))
-                .ok_or_else(|| invalid(format!("simulation.step {s:?} must be a duration from 10ms to 60s")))?,
+                .ok_or_else(|| {
+                    invalid(format!(
+                        "simulation.step {s:?} must be a duration from 10ms to 60s"
+                    ))
+                })?,
             None => Duration::from_secs(1),
         };
         if raw.devices.is_empty() {
@@ -215,7 +223,10 @@ impl Scenario {
                 )));
             }
             if !(1..=247).contains(&d.unit_id) {
-                return Err(invalid(format!("device `{}`: unit_id {} is outside 1..=247", d.name, d.unit_id)));
+                return Err(invalid(format!(
+                    "device `{}`: unit_id {} is outside 1..=247",
+                    d.name, d.unit_id
+                )));
             }
             if devices.iter().any(|x: &DeviceSpec| x.name == d.name) {
                 return Err(invalid(format!("device name `{}` is used twice", d.name)));
@@ -223,14 +234,22 @@ impl Scenario {
             let profile = match profiles.get(&d.profile) {
                 Some(p) => Arc::clone(p),
                 None => {
-                    let file = if Path::new(&d.profile).extension().is_some_and(|e| e == "toml") {
+                    let file = if Path::new(&d.profile)
+                        .extension()
+                        .is_some_and(|e| e == "toml")
+                    {
                         base.join(&d.profile)
                     } else {
                         library.join(format!("{}.toml", d.profile))
                     };
                     let loaded = fivezero_profiles::load_file(&file).map_err(|ds| {
                         let lines: Vec<String> = ds.iter().map(ToString::to_string).collect();
-                        invalid(format!("device `{}`: profile {:?} is refused:\n{}", d.name, d.profile, lines.join("\n")))
+                        invalid(format!(
+                            "device `{}`: profile {:?} is refused:\n{}",
+                            d.name,
+                            d.profile,
+                            lines.join("\n")
+                        ))
                     })?;
                     let loaded = Arc::new(loaded);
                     profiles.insert(d.profile.clone(), Arc::clone(&loaded));
@@ -248,7 +267,9 @@ impl Scenario {
         }
         for name in raw.listeners.keys() {
             if !devices.iter().any(|d| &d.listener == name) {
-                return Err(invalid(format!("listener `{name}` in [listeners] has no device")));
+                return Err(invalid(format!(
+                    "listener `{name}` in [listeners] has no device"
+                )));
             }
         }
         Ok(Self {
