@@ -83,7 +83,10 @@ pub fn render(
         timeouts.get_or_create(&d).inc_by(h.timeouts);
         reconnects.get_or_create(&d).inc_by(h.reconnects);
         for (code, n) in &h.exceptions {
-            let l: Labels = vec![("device", h.device.to_string()), ("code", format!("{code:02X}"))];
+            let l: Labels = vec![
+                ("device", h.device.to_string()),
+                ("code", format!("{code:02X}")),
+            ];
             exceptions.get_or_create(&l).inc_by(*n);
         }
         let online = matches!(h.state, crate::poll::DeviceState::Online);
@@ -91,33 +94,98 @@ pub fn render(
         if let Some(l) = h.latency_ewma {
             latency.get_or_create(&d).set(l.as_secs_f64());
         }
-        per_cycle.get_or_create(&d).set(as_f64(h.requests_per_cycle));
-        misconfigured.get_or_create(&d).set(as_f64(h.misconfigured_blocks));
+        per_cycle
+            .get_or_create(&d)
+            .set(as_f64(h.requests_per_cycle));
+        misconfigured
+            .get_or_create(&d)
+            .set(as_f64(h.misconfigured_blocks));
         if let Some(ms) = h.last_success_ms {
             #[allow(clippy::cast_precision_loss)]
             last_success.get_or_create(&d).set(ms as f64 / 1000.0);
         }
     }
     r.register("poll_cycles", "Poll cycles completed per device", cycles);
-    r.register("poll_overruns", "Cycles skipped because the previous one ran late", overruns);
-    r.register("poll_cycles_dropped", "Cycles dropped because the buffer hand-over stayed full", dropped_cycles);
+    r.register(
+        "poll_overruns",
+        "Cycles skipped because the previous one ran late",
+        overruns,
+    );
+    r.register(
+        "poll_cycles_dropped",
+        "Cycles dropped because the buffer hand-over stayed full",
+        dropped_cycles,
+    );
     r.register("modbus_requests", "Modbus requests sent", requests);
-    r.register("modbus_timeouts", "Modbus requests that timed out", timeouts);
-    r.register("modbus_reconnects", "Times a device link was reopened", reconnects);
-    r.register("modbus_exceptions", "Modbus exception replies by code", exceptions);
+    r.register(
+        "modbus_timeouts",
+        "Modbus requests that timed out",
+        timeouts,
+    );
+    r.register(
+        "modbus_reconnects",
+        "Times a device link was reopened",
+        reconnects,
+    );
+    r.register(
+        "modbus_exceptions",
+        "Modbus exception replies by code",
+        exceptions,
+    );
     r.register("device_up", "1 while the device answers", up);
-    r.register("modbus_latency_seconds", "Moving average of request latency", latency);
-    r.register("modbus_requests_per_cycle", "Requests in the last cycle", per_cycle);
-    r.register("modbus_misconfigured_blocks", "Blocks skipped after an address or function exception", misconfigured);
-    r.register("device_last_success_timestamp_seconds", "Unix time of the last answered request", last_success);
+    r.register(
+        "modbus_latency_seconds",
+        "Moving average of request latency",
+        latency,
+    );
+    r.register(
+        "modbus_requests_per_cycle",
+        "Requests in the last cycle",
+        per_cycle,
+    );
+    r.register(
+        "modbus_misconfigured_blocks",
+        "Blocks skipped after an address or function exception",
+        misconfigured,
+    );
+    r.register(
+        "device_last_success_timestamp_seconds",
+        "Unix time of the last answered request",
+        last_success,
+    );
 
     // Readings in and out.
-    counter(&mut r, "readings_polled", "Readings handed over by the poller", daemon.polled_readings);
+    counter(
+        &mut r,
+        "readings_polled",
+        "Readings handed over by the poller",
+        daemon.polled_readings,
+    );
     let c = &buffer.counters;
-    counter(&mut r, "readings_committed", "Readings committed to the buffer", c.appended_readings);
-    counter(&mut r, "kpi_records_committed", "KPI records committed to the buffer", c.appended_kpis);
-    counter(&mut r, "readings_broker_acked", "Sequences acknowledged by the broker", c.broker_acked);
-    counter(&mut r, "readings_sink_acked", "Sequences the sink's watermark passed", c.sink_acked);
+    counter(
+        &mut r,
+        "readings_committed",
+        "Readings committed to the buffer",
+        c.appended_readings,
+    );
+    counter(
+        &mut r,
+        "kpi_records_committed",
+        "KPI records committed to the buffer",
+        c.appended_kpis,
+    );
+    counter(
+        &mut r,
+        "readings_broker_acked",
+        "Sequences acknowledged by the broker",
+        c.broker_acked,
+    );
+    counter(
+        &mut r,
+        "readings_sink_acked",
+        "Sequences the sink's watermark passed",
+        c.sink_acked,
+    );
     let dropped = Family::<Labels, Counter>::default();
     for (intentional, reason, n) in [
         ("true", "buffer_full", c.evicted_buffer_full),
@@ -128,41 +196,140 @@ pub fn render(
         ("false", "invalid", c.dropped_invalid),
         ("false", "closed", c.dropped_closed),
     ] {
-        let l: Labels = vec![("intentional", intentional.to_owned()), ("reason", reason.to_owned())];
+        let l: Labels = vec![
+            ("intentional", intentional.to_owned()),
+            ("reason", reason.to_owned()),
+        ];
         dropped.get_or_create(&l).inc_by(n);
     }
-    r.register("readings_dropped", "Readings or records not delivered, by reason", dropped);
+    r.register(
+        "readings_dropped",
+        "Readings or records not delivered, by reason",
+        dropped,
+    );
 
     // Buffer (G8).
-    gauge(&mut r, "outbox_committed_seq", "Highest committed sequence of the current epoch", as_f64(buffer.committed_seq));
-    gauge(&mut r, "outbox_acked_contiguous_seq", "Sequence below which everything is acknowledged or evicted", as_f64(buffer.broker_acked_seq));
-    gauge(&mut r, "outbox_sink_watermark_seq", "The sink's watermark for the current epoch", as_f64(buffer.sink_acked_seq));
-    gauge(&mut r, "outbox_backlog", "Sequences neither acknowledged nor evicted", as_f64(buffer.backlog));
-    gauge(&mut r, "outbox_bytes", "Bytes charged against the buffer budget", as_f64(buffer.charged_bytes));
-    gauge(&mut r, "outbox_file_bytes", "Buffer database and WAL size on disk", as_f64(buffer.file_bytes));
-    gauge(&mut r, "outbox_max_bytes", "The buffer budget", as_f64(buffer.max_bytes));
+    gauge(
+        &mut r,
+        "outbox_committed_seq",
+        "Highest committed sequence of the current epoch",
+        as_f64(buffer.committed_seq),
+    );
+    gauge(
+        &mut r,
+        "outbox_acked_contiguous_seq",
+        "Sequence below which everything is acknowledged or evicted",
+        as_f64(buffer.broker_acked_seq),
+    );
+    gauge(
+        &mut r,
+        "outbox_sink_watermark_seq",
+        "The sink's watermark for the current epoch",
+        as_f64(buffer.sink_acked_seq),
+    );
+    gauge(
+        &mut r,
+        "outbox_backlog",
+        "Sequences neither acknowledged nor evicted",
+        as_f64(buffer.backlog),
+    );
+    gauge(
+        &mut r,
+        "outbox_bytes",
+        "Bytes charged against the buffer budget",
+        as_f64(buffer.charged_bytes),
+    );
+    gauge(
+        &mut r,
+        "outbox_file_bytes",
+        "Buffer database and WAL size on disk",
+        as_f64(buffer.file_bytes),
+    );
+    gauge(
+        &mut r,
+        "outbox_max_bytes",
+        "The buffer budget",
+        as_f64(buffer.max_bytes),
+    );
     #[allow(clippy::cast_precision_loss)]
     gauge(
         &mut r,
         "outbox_oldest_age_seconds",
         "Age of the oldest row held",
-        buffer.oldest_unsent_age_ms.map_or(0.0, |ms| ms as f64 / 1000.0),
+        buffer
+            .oldest_unsent_age_ms
+            .map_or(0.0, |ms| ms as f64 / 1000.0),
     );
     if let Some(h) = buffer.headroom_hours {
-        gauge(&mut r, "outbox_headroom_hours", "Hours until the budget is full at the current rate", h);
+        gauge(
+            &mut r,
+            "outbox_headroom_hours",
+            "Hours until the budget is full at the current rate",
+            h,
+        );
     }
-    gauge(&mut r, "outbox_disk_failing", "1 while appends fail on a full or failing disk", if buffer.disk_failing { 1.0 } else { 0.0 });
+    gauge(
+        &mut r,
+        "outbox_disk_failing",
+        "1 while appends fail on a full or failing disk",
+        if buffer.disk_failing { 1.0 } else { 0.0 },
+    );
 
     // Publisher.
-    gauge(&mut r, "mqtt_connected", "1 while connected to the broker", if publish.connected { 1.0 } else { 0.0 });
-    counter(&mut r, "mqtt_connects", "Connections made", publish.connects);
-    counter(&mut r, "mqtt_connect_failures", "Connection attempts that failed", publish.connect_failures);
-    counter(&mut r, "mqtt_published_messages", "Batch and KPI messages published, republications included", publish.published_messages);
-    counter(&mut r, "mqtt_republished_messages", "Messages published again after a reconnect or replay", publish.republished_messages);
-    counter(&mut r, "mqtt_broker_acks", "Messages the broker acknowledged", publish.broker_acks);
-    counter(&mut r, "mqtt_rejected", "Publishes the broker refused", publish.rejected);
-    counter(&mut r, "mqtt_malformed_acks", "Undecodable payloads on the ack topic", publish.malformed_acks);
-    gauge(&mut r, "mqtt_in_flight", "Publishes queued or in flight", as_f64(publish.in_flight));
+    gauge(
+        &mut r,
+        "mqtt_connected",
+        "1 while connected to the broker",
+        if publish.connected { 1.0 } else { 0.0 },
+    );
+    counter(
+        &mut r,
+        "mqtt_connects",
+        "Connections made",
+        publish.connects,
+    );
+    counter(
+        &mut r,
+        "mqtt_connect_failures",
+        "Connection attempts that failed",
+        publish.connect_failures,
+    );
+    counter(
+        &mut r,
+        "mqtt_published_messages",
+        "Batch and KPI messages published, republications included",
+        publish.published_messages,
+    );
+    counter(
+        &mut r,
+        "mqtt_republished_messages",
+        "Messages published again after a reconnect or replay",
+        publish.republished_messages,
+    );
+    counter(
+        &mut r,
+        "mqtt_broker_acks",
+        "Messages the broker acknowledged",
+        publish.broker_acks,
+    );
+    counter(
+        &mut r,
+        "mqtt_rejected",
+        "Publishes the broker refused",
+        publish.rejected,
+    );
+    counter(
+        &mut r,
+        "mqtt_malformed_acks",
+        "Undecodable payloads on the ack topic",
+        publish.malformed_acks,
+    );
+    gauge(
+        &mut r,
+        "mqtt_in_flight",
+        "Publishes queued or in flight",
+        as_f64(publish.in_flight),
+    );
 
     let mut out = String::new();
     if encode(&mut out, &r).is_err() {
