@@ -9,11 +9,15 @@
 //! - [`buffer`]: the SQLite store-and-forward buffer, source of truth for sequence numbers and
 //!   acknowledgements.
 //! - [`publish`]: the MQTT publisher.
+//! - [`sunspec`]: SunSpec discovery and draft profiles (`fivezero-gateway scan`).
 //!
 //! The binary (`src/main.rs`) is the CLI on top.
 
 pub mod buffer;
 pub mod config;
+pub mod daemon;
+pub mod metrics;
 pub mod outbox;
 pub mod poll;
 pub mod publish;
+pub mod sunspec;
