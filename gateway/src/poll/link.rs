@@ -3,7 +3,7 @@
 //!
 //! # Loop
 //!
-//! 1. Start the cycles that are due ([`Schedule::poll`]): a unit whose link is in backoff gets
+//! 1. Start the cycles that are due (`Schedule::poll`): a unit whose link is in backoff gets
 //!    a cycle of `disconnected` readings, a unit in its own backoff one of `unit offline`
 //!    readings, any other a cycle of requests.
 //! 2. Hand finished cycles' readings to the channel (see *Back-pressure*).
