@@ -286,6 +286,16 @@ async fn faults(name: &str, cases: &[(Fault, Evidence)]) {
             })
             .await;
 
+        // A fault that shows and clears within one witness cycle (busy: one retry after
+        // 100 ms) leaves one cycle to judge; wait for a second so continuity is checked.
+        while watch.witness.len() - from < 2 {
+            watch
+                .until("a second witness cycle", Duration::from_secs(8), |r| {
+                    &*r.device == WITNESS
+                })
+                .await;
+        }
+
         // The witness kept its schedule all along.
         let seen = &watch.witness[from..];
         assert!(seen.len() >= 2, "{fault}: witness cycles {seen:?}");
