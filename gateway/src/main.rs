@@ -79,6 +79,13 @@ enum ProfileCommand {
     },
     /// List the metric catalogue: id, canonical unit, kind and description.
     Metrics,
+    /// List the profile library: id, manufacturer, category, reading points, model and the
+    /// document each map comes from.
+    List {
+        /// Another folder of profiles instead of the shipped library.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -89,6 +96,7 @@ fn main() -> ExitCode {
         Command::CheckConfig { file } => check_config::check(&file),
         Command::Profile(ProfileCommand::Check { paths }) => profile_cmd::check(&paths),
         Command::Profile(ProfileCommand::Metrics) => profile_cmd::metrics(),
+        Command::Profile(ProfileCommand::List { dir }) => profile_cmd::list(dir.as_deref()),
         Command::Read(args) => cli_read::run(&args),
         Command::Scan(args) => cli_scan::run(&args),
     }

@@ -80,3 +80,57 @@ pub(crate) fn metrics() -> ExitCode {
     }
     ExitCode::SUCCESS
 }
+
+/// Lists the profile library (or another folder): id, manufacturer, model, category, points
+/// and source. Profiles that do not load are reported on stderr and make the exit status 1.
+pub(crate) fn list(dir: Option<&std::path::Path>) -> ExitCode {
+    let dir = dir.map_or_else(fivezero_profiles::library_dir, std::path::Path::to_path_buf);
+    let loaded = match load_path(&dir) {
+        Ok(loaded) => loaded,
+        Err(d) => {
+            eprintln!("{d}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut stdout = std::io::stdout().lock();
+    let mut refused = 0usize;
+    let _ = writeln!(
+        stdout,
+        "{:<34} {:<24} {:<15} {:>6}  model / source",
+        "id", "manufacturer", "category", "points"
+    );
+    for (file, result) in loaded {
+        match result {
+            Ok(p) => {
+                let points = p.reading_points().count();
+                let _ = writeln!(
+                    stdout,
+                    "{:<34} {:<24} {:<15} {:>6}  {}",
+                    p.id,
+                    p.manufacturer,
+                    p.category.as_str(),
+                    points,
+                    p.model
+                );
+                let _ = writeln!(
+                    stdout,
+                    "{:<34} {:<24} {:<15} {:>6}  source: {}",
+                    "", "", "", "", p.source
+                );
+            }
+            Err(_) => {
+                refused += 1;
+                eprintln!(
+                    "{}: refused; run `fivezero-gateway profile check {}` for the errors",
+                    file.display(),
+                    file.display()
+                );
+            }
+        }
+    }
+    if refused == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

@@ -124,3 +124,32 @@ fn the_metric_catalogue_is_listed() {
                 && l.contains("counter"))
     );
 }
+
+#[test]
+fn the_library_is_listed_with_manufacturer_category_and_source() {
+    let out = gateway().args(["profile", "list"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let sdm = stdout
+        .lines()
+        .find(|l| l.starts_with("eastron-sdm630 "))
+        .unwrap_or_else(|| panic!("no SDM630 in:\n{stdout}"));
+    assert!(
+        sdm.contains("Eastron") && sdm.contains("meter") && sdm.contains(" 32 "),
+        "{sdm}"
+    );
+    assert!(
+        stdout.contains("source: Eastron SDM630 Modbus Protocol"),
+        "{stdout}"
+    );
+    let shipped = std::fs::read_dir(library()).unwrap().count();
+    let listed = stdout
+        .lines()
+        .filter(|l| !l.starts_with(' ') && !l.starts_with("id "))
+        .count();
+    assert_eq!(listed, shipped, "{stdout}");
+}
