@@ -684,3 +684,16 @@ fn the_example_in_the_readme_is_a_valid_profile() {
         "kg -> t"
     );
 }
+
+#[test]
+fn the_readme_catalogue_lists_every_shipped_profile() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    for (path, _) in fivezero_profiles::load_path(&fivezero_profiles::library_dir()).unwrap() {
+        let id = path.file_stem().unwrap().to_string_lossy();
+        assert!(
+            readme.contains(&format!("| `{id}` |")),
+            "device-profiles/README.md does not list `{id}`"
+        );
+    }
+}
