@@ -15,22 +15,24 @@ mod sim;
 #[path = "common/publish_kit.rs"]
 mod kit;
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+#[path = "common/daemon_kit.rs"]
+mod daemon_kit;
+
+use daemon_kit::{Received, SITE, collect_until, config_text};
+
+use std::collections::HashMap;
 use std::time::Duration;
 
 use fivezero_gateway::buffer::{Buffer, BufferOptions};
 use fivezero_gateway::config::Config;
 use fivezero_gateway::daemon;
 use fivezero_model::topic::Topics;
-use fivezero_model::wire::{self, Quality, Reading, Value};
-use fivezero_sim::server::{DeviceSnapshot, ServedValue, SimulatorHandle};
+use fivezero_model::wire::{Quality, Value};
+use fivezero_sim::server::DeviceSnapshot;
 use kit::Probe;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-/// The scenario's site, a topic level.
-const SITE: &str = "qingdao-greensail";
 /// Devices of the scenario's `main` listener polled by the gateway.
 const DEVICES: [&str; 4] = [
     "grid-meter",
@@ -42,167 +44,6 @@ const DEVICES: [&str; 4] = [
 const CYCLES: usize = 10;
 /// Limit on each wait.
 const LIMIT: Duration = Duration::from_secs(20);
-
-/// The gateway config file's text: four devices of the simulator at 200 ms.
-fn config_text(
-    sim: &SimulatorHandle,
-    state_dir: &Path,
-    url: &str,
-    prefix: &str,
-    id: &str,
-) -> String {
-    let mut text = format!(
-        r#"
-[gateway]
-id = "{id}"
-site = "{SITE}"
-state_dir = "{}"
-shutdown_timeout = "5s"
-
-[metrics]
-listen = ""
-
-[mqtt]
-url = "{url}"
-prefix = "{prefix}"
-keep_alive = "5s"
-
-[buffer]
-max_bytes = "64 MiB"
-"#,
-        state_dir.display()
-    );
-    for (name, profile, unit, addr) in sim::devices(sim) {
-        if DEVICES.contains(&name.as_str()) {
-            text.push_str(&format!(
-                r#"
-[[device]]
-name = "{name}"
-profile = "{profile}"
-tcp = "{addr}"
-unit = {unit}
-interval = "200ms"
-timeout = "500ms"
-"#
-            ));
-        }
-    }
-    text
-}
-
-/// What the subscriber has received, by sequence.
-#[derive(Debug, Default)]
-struct Received {
-    readings: BTreeMap<u64, Reading>,
-    duplicates: u64,
-    batches: u64,
-    epochs: Vec<wire::Epoch>,
-}
-
-impl Received {
-    fn take(&mut self, payload: &[u8], gateway: &str) {
-        let batch = wire::decode_batch(payload).expect("a valid batch");
-        assert_eq!(
-            (batch.gateway.as_str(), batch.site.as_str()),
-            (gateway, SITE)
-        );
-        assert_eq!(batch.count as usize, batch.readings.len());
-        if !self.epochs.contains(&batch.epoch) {
-            self.epochs.push(batch.epoch);
-        }
-        self.batches += 1;
-        for (seq, reading) in (batch.first_seq..).zip(batch.readings) {
-            match self.readings.get(&seq) {
-                Some(seen) => {
-                    assert_eq!(
-                        seen, &reading,
-                        "seq {seq} arrived twice with different readings"
-                    );
-                    self.duplicates += 1;
-                }
-                None => {
-                    self.readings.insert(seq, reading);
-                }
-            }
-        }
-    }
-
-    /// Cycles of `device` received: how often its most frequent metric came (points with a
-    /// longer interval come in fewer cycles).
-    fn cycles(&self, device: &str) -> usize {
-        let mut per_metric: HashMap<&str, usize> = HashMap::new();
-        for r in self.readings.values().filter(|r| r.device == device) {
-            *per_metric.entry(r.metric.as_str()).or_default() += 1;
-        }
-        per_metric.values().copied().max().unwrap_or(0)
-    }
-
-    fn max_seq(&self) -> u64 {
-        self.readings.last_key_value().map_or(0, |(s, _)| *s)
-    }
-
-    fn contiguous(&self) -> u64 {
-        let seqs = self.readings.keys().copied().collect();
-        kit::contiguous(&seqs)
-    }
-}
-
-/// Takes every batch message that arrives within `limit`, until `done` holds.
-async fn collect_until(
-    probe: &mut Probe,
-    topic: &str,
-    gateway: &str,
-    got: &mut Received,
-    limit: Duration,
-    what: &str,
-    mut done: impl FnMut(&Received) -> bool,
-) {
-    let deadline = Instant::now() + limit;
-    while !done(got) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let Some(m) = probe.next(left).await else {
-            panic!(
-                "timed out after {limit:?} waiting for {what}: {} sequences, highest {}, contiguous to {}",
-                got.readings.len(),
-                got.max_seq(),
-                got.contiguous()
-            );
-        };
-        if m.topic == topic {
-            got.take(&m.payload, gateway);
-        }
-    }
-}
-
-/// Checks a reading against what the simulator serves for its device and metric.
-fn check(snapshot: &DeviceSnapshot, seq: u64, r: &Reading) {
-    let point = snapshot
-        .points
-        .iter()
-        .find(|p| p.metric == Some(r.metric.as_str()))
-        .unwrap_or_else(|| panic!("seq {seq}: {} has no point for {}", r.device, r.metric));
-    assert_eq!(
-        r.quality,
-        Quality::Good,
-        "seq {seq}: {} {} is not good: {:?}",
-        r.device,
-        r.metric,
-        r.reason
-    );
-    match (&r.value, &point.value) {
-        (Some(Value::Number(x)), ServedValue::Number(y)) => assert!(
-            x == y || (x - y).abs() <= 1e-9 * x.abs().max(y.abs()),
-            "seq {seq}: {} {} read {x}, the simulator serves {y}",
-            r.device,
-            r.metric
-        ),
-        (Some(Value::Text(_)), ServedValue::Text(_)) | (None, ServedValue::NotAvailable(_)) => {}
-        (got, served) => panic!(
-            "seq {seq}: {} {} read {got:?} ({:?}), the simulator serves {served:?}",
-            r.device, r.metric, r.reason
-        ),
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_polled_reading_arrives_once_with_its_value_and_matches_the_buffer() {
@@ -226,7 +67,11 @@ async fn every_polled_reading_arrives_once_with_its_value_and_matches_the_buffer
     let state_dir = dir.join("state");
     std::fs::create_dir_all(&state_dir).unwrap();
     let file = dir.join("gateway.toml");
-    std::fs::write(&file, config_text(&sim, &state_dir, &url, &prefix, &id)).unwrap();
+    std::fs::write(
+        &file,
+        config_text(&sim, &DEVICES, &state_dir, &url, &prefix, &id),
+    )
+    .unwrap();
     let config = Config::load(&file).unwrap_or_else(|e| panic!("the config loads: {e}"));
     assert_eq!(config.devices.len(), DEVICES.len());
     let buffer_options = BufferOptions::from_config(&config.gateway, &config.buffer);
@@ -300,7 +145,15 @@ async fn every_polled_reading_arrives_once_with_its_value_and_matches_the_buffer
         let snapshot = snapshots
             .get(r.device.as_str())
             .unwrap_or_else(|| panic!("seq {seq}: unknown device {}", r.device));
-        check(snapshot, seq, r);
+        assert_eq!(
+            r.quality,
+            Quality::Good,
+            "seq {seq}: {} {} is not good: {:?}",
+            r.device,
+            r.metric,
+            r.reason
+        );
+        sim::check(snapshot, r).unwrap_or_else(|e| panic!("seq {seq}: {e}"));
         let last = last_ts.entry(snapshot.device.as_str()).or_insert(i64::MIN);
         assert!(
             r.ts >= *last,

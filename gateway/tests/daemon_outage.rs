@@ -18,22 +18,24 @@ mod sim;
 #[path = "common/publish_kit.rs"]
 mod kit;
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+#[path = "common/daemon_kit.rs"]
+mod daemon_kit;
+
+use daemon_kit::{Received, SITE, collect_until, config_text};
+
+use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fivezero_gateway::buffer::{Buffer, BufferOptions};
 use fivezero_gateway::config::Config;
 use fivezero_gateway::daemon;
 use fivezero_model::topic::Topics;
-use fivezero_model::wire::{self, Quality, Reading, Value};
-use fivezero_sim::server::{DeviceSnapshot, SimulatorHandle};
+use fivezero_model::wire::{Quality, Reading, Value};
+use fivezero_sim::server::DeviceSnapshot;
 use kit::{Mosquitto, Probe};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-/// The scenario's site, a topic level.
-const SITE: &str = "qingdao-greensail";
 /// Devices of the scenario polled by the gateway.
 const DEVICES: [&str; 2] = ["grid-meter", "pv-roof-a"];
 /// Cycles of every device to see before the broker dies.
@@ -52,143 +54,6 @@ fn now_ms() -> i64 {
             .as_millis(),
     )
     .unwrap()
-}
-
-/// The gateway config file's text: the two devices of the simulator at 200 ms.
-fn config_text(
-    sim: &SimulatorHandle,
-    state_dir: &Path,
-    url: &str,
-    prefix: &str,
-    id: &str,
-) -> String {
-    let mut text = format!(
-        r#"
-[gateway]
-id = "{id}"
-site = "{SITE}"
-state_dir = "{}"
-shutdown_timeout = "5s"
-
-[metrics]
-listen = ""
-
-[mqtt]
-url = "{url}"
-prefix = "{prefix}"
-keep_alive = "5s"
-
-[buffer]
-max_bytes = "64 MiB"
-"#,
-        state_dir.display()
-    );
-    for (name, profile, unit, addr) in sim::devices(sim) {
-        if DEVICES.contains(&name.as_str()) {
-            text.push_str(&format!(
-                r#"
-[[device]]
-name = "{name}"
-profile = "{profile}"
-tcp = "{addr}"
-unit = {unit}
-interval = "200ms"
-timeout = "500ms"
-"#
-            ));
-        }
-    }
-    text
-}
-
-/// What the subscribers have received, by sequence.
-#[derive(Debug, Default)]
-struct Received {
-    readings: BTreeMap<u64, Reading>,
-    duplicates: u64,
-    batches: u64,
-    epochs: Vec<wire::Epoch>,
-}
-
-impl Received {
-    fn take(&mut self, payload: &[u8], gateway: &str) {
-        let batch = wire::decode_batch(payload).expect("a valid batch");
-        assert_eq!(
-            (batch.gateway.as_str(), batch.site.as_str()),
-            (gateway, SITE)
-        );
-        assert_eq!(batch.count as usize, batch.readings.len());
-        if !self.epochs.contains(&batch.epoch) {
-            self.epochs.push(batch.epoch);
-        }
-        self.batches += 1;
-        for (seq, reading) in (batch.first_seq..).zip(batch.readings) {
-            match self.readings.get(&seq) {
-                Some(seen) => {
-                    assert_eq!(
-                        seen, &reading,
-                        "seq {seq} arrived twice with different readings"
-                    );
-                    self.duplicates += 1;
-                }
-                None => {
-                    self.readings.insert(seq, reading);
-                }
-            }
-        }
-    }
-
-    /// Cycles of `device` received: how often its most frequent metric came.
-    fn cycles(&self, device: &str) -> usize {
-        let mut per_metric: HashMap<&str, usize> = HashMap::new();
-        for r in self.readings.values().filter(|r| r.device == device) {
-            *per_metric.entry(r.metric.as_str()).or_default() += 1;
-        }
-        per_metric.values().copied().max().unwrap_or(0)
-    }
-
-    /// Whether a reading of `device` polled at or after `ts` has arrived.
-    fn has_after(&self, device: &str, ts: i64) -> bool {
-        self.readings
-            .values()
-            .any(|r| r.device == device && r.ts >= ts)
-    }
-
-    fn max_seq(&self) -> u64 {
-        self.readings.last_key_value().map_or(0, |(s, _)| *s)
-    }
-
-    fn contiguous(&self) -> u64 {
-        let seqs = self.readings.keys().copied().collect();
-        kit::contiguous(&seqs)
-    }
-}
-
-/// Takes every batch message that arrives within `limit`, until `done` holds.
-async fn collect_until(
-    probe: &mut Probe,
-    topic: &str,
-    gateway: &str,
-    got: &mut Received,
-    limit: Duration,
-    what: &str,
-    mut done: impl FnMut(&Received) -> bool,
-) {
-    let deadline = Instant::now() + limit;
-    while !done(got) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let Some(m) = probe.next(left).await else {
-            panic!(
-                "timed out after {limit:?} waiting for {what}: {} sequences, highest {}, contiguous to {}",
-                got.readings.len(),
-                got.max_seq(),
-                got.contiguous()
-            );
-        };
-        if m.topic == topic {
-            got.take(&m.payload, gateway);
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -216,7 +81,11 @@ async fn readings_polled_while_the_broker_is_down_arrive_in_order_with_their_tim
     std::fs::create_dir_all(&state_dir).unwrap();
     let file = dir.join("gateway.toml");
     let url = broker.url().to_string();
-    std::fs::write(&file, config_text(&sim, &state_dir, &url, &prefix, &id)).unwrap();
+    std::fs::write(
+        &file,
+        config_text(&sim, &DEVICES, &state_dir, &url, &prefix, &id),
+    )
+    .unwrap();
     let config = Config::load(&file).unwrap_or_else(|e| panic!("the config loads: {e}"));
     assert_eq!(config.devices.len(), DEVICES.len());
     let buffer_options = BufferOptions::from_config(&config.gateway, &config.buffer);
