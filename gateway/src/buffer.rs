@@ -160,6 +160,7 @@ use fivezero_model::wire::{
 use tokio::sync::{Semaphore, oneshot, watch};
 use tracing::{error, info, warn};
 
+pub use crate::config::RetainUntil;
 use crate::config::{BufferConfig, GatewayConfig, Synchronous};
 use crate::outbox::{Limits, Outbox, OutboxError, Outgoing, OutgoingGap};
 use crate::poll::DeviceReadings;
@@ -195,16 +196,6 @@ pub fn linux_boot_id() -> BootId {
             .map(|s| s.trim().to_owned())
             .filter(|s| !s.is_empty())
     })
-}
-
-/// When rows may be deleted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum RetainUntil {
-    /// When the sink's watermark passes them (end to end; the default).
-    #[default]
-    SinkAck,
-    /// When the broker acknowledges them (a broker may still lose them).
-    BrokerAck,
 }
 
 /// How to open the buffer.
@@ -269,6 +260,7 @@ impl BufferOptions {
             max_bytes: buffer.max_bytes,
             max_age: buffer.max_age,
             synchronous: buffer.synchronous,
+            retain_until: buffer.retain_until,
             ..Self::new(&gateway.id, &gateway.site)
         }
     }

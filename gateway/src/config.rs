@@ -9,12 +9,15 @@
 //! state_dir = "/var/lib/fivezero"       # buffer.sqlite lives here
 //! profile_dir = "/usr/share/fivezero/profiles"   # optional: the profile library
 //!
-//! [mqtt]                                # validated now, used by the publisher later
+//! [mqtt]                                # the broker
 //! url = "mqtts://broker.example:8883"   # mqtt:// or mqtts://
 //!
 //! [buffer]
 //! max_bytes = "2 GiB"
 //! max_age = "30d"
+//!
+//! [publish]                             # optional: how the backlog is sent
+//! replay_rate = 200                     # messages a second
 //!
 //! [poll]
 //! connect_timeout = "3s"
@@ -74,6 +77,15 @@
 //! | `FIVEZERO_BUFFER__MAX_BYTES` | `buffer.max_bytes` | disk budget of the buffer, at least 1 MiB | `2 GiB` |
 //! | `FIVEZERO_BUFFER__MAX_AGE` | `buffer.max_age` | oldest reading kept, at least 1 min | `30d` |
 //! | `FIVEZERO_BUFFER__SYNCHRONOUS` | `buffer.synchronous` | SQLite `synchronous`: `"full"` or `"normal"` | `"full"` |
+//! | `FIVEZERO_BUFFER__RETAIN_UNTIL` | `buffer.retain_until` | what ends a reading's stay: `"sink_ack"` (the sink's watermark passes it) or `"broker_ack"` (the broker's PUBACK, for deployments without the fivezero sink) | `"sink_ack"` |
+//! | `FIVEZERO_PUBLISH__WINDOW` | `publish.window` | QoS 1 messages in flight at once, 1 to 65535 (lowered to the broker's Receive Maximum) | `32` |
+//! | `FIVEZERO_PUBLISH__ITEMS_PER_MESSAGE` | `publish.items_per_message` | most readings or KPI records in one message, 1 to 10000 | `1000` |
+//! | `FIVEZERO_PUBLISH__BYTES_PER_MESSAGE` | `publish.bytes_per_message` | most payload bytes in one message, 1 KiB to 255 MiB (lowered to the broker's Maximum Packet Size) | `255 KiB` |
+//! | `FIVEZERO_PUBLISH__REPLAY_RATE` | `publish.replay_rate` | most messages a second, so a backlog drains without flooding the uplink | `200` |
+//! | `FIVEZERO_PUBLISH__BACKOFF_MIN` | `publish.backoff_min` | first reconnect backoff ceiling (exponential, full jitter) | `500ms` |
+//! | `FIVEZERO_PUBLISH__BACKOFF_MAX` | `publish.backoff_max` | largest reconnect backoff | `30s` |
+//! | `FIVEZERO_PUBLISH__STALL_MIN` | `publish.stall_min` | with `sink_ack`: republish what the broker took but the sink's watermark has not passed after this long | `2m` |
+//! | `FIVEZERO_PUBLISH__STALL_MAX` | `publish.stall_max` | longest wait between such republishes (doubling from `stall_min`) | `30m` |
 //! | `FIVEZERO_POLL__CONNECT_TIMEOUT` | `poll.connect_timeout` | limit on opening a link | `3s` |
 //! | `FIVEZERO_POLL__BACKOFF_MIN` | `poll.backoff_min` | first reconnect backoff ceiling | `1s` |
 //! | `FIVEZERO_POLL__BACKOFF_MAX` | `poll.backoff_max` | largest backoff; also how often a misconfigured block is retried | `60s` |
@@ -98,6 +110,7 @@ mod raw;
 mod validate;
 
 use std::fmt;
+use std::num::{NonZeroU16, NonZeroU32, NonZeroUsize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -118,6 +131,8 @@ pub struct Config {
     pub mqtt: MqttConfig,
     /// `[buffer]`.
     pub buffer: BufferConfig,
+    /// `[publish]`.
+    pub publish: PublishConfig,
     /// `[poll]`.
     pub poll: PollConfig,
     /// `[metrics]`.
@@ -212,6 +227,42 @@ pub struct BufferConfig {
     pub max_age: Duration,
     /// SQLite `synchronous` level.
     pub synchronous: Synchronous,
+    /// What ends a reading's stay in the buffer.
+    pub retain_until: RetainUntil,
+}
+
+/// What ends a message's stay in the buffer (`reference/reliability.md`, B.6 item 8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RetainUntil {
+    /// The sink's watermark passes it (end to end; the default). Messages the broker
+    /// acknowledged but the sink never stored are published again.
+    #[default]
+    SinkAck,
+    /// The broker's PUBACK: for deployments without the fivezero sink. Cheaper, but a broker
+    /// that drops queued messages loses them.
+    BrokerAck,
+}
+
+/// `[publish]`: how the publisher sends what the buffer holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishConfig {
+    /// QoS 1 messages queued or in flight at once (lowered to the broker's Receive Maximum).
+    pub window: NonZeroU16,
+    /// Most readings or KPI records in one message.
+    pub items_per_message: NonZeroU32,
+    /// Most payload bytes in one message (lowered to fit the broker's Maximum Packet Size).
+    pub bytes_per_message: NonZeroUsize,
+    /// Most messages a second.
+    pub replay_rate: NonZeroU32,
+    /// First reconnect backoff ceiling.
+    pub backoff_min: Duration,
+    /// Largest reconnect backoff.
+    pub backoff_max: Duration,
+    /// With [`RetainUntil::SinkAck`]: first republish when the sink's watermark stalls
+    /// behind the broker's acknowledgements.
+    pub stall_min: Duration,
+    /// Longest wait between such republishes.
+    pub stall_max: Duration,
 }
 
 /// SQLite `synchronous` level of the buffer (see `reference/reliability.md`, B.6 item 7).

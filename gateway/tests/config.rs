@@ -8,10 +8,12 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::scratch;
+use fivezero_gateway::buffer::BufferOptions;
 use fivezero_gateway::config::{
-    Config, ConfigError, MqttProtocol, Parity, SerialSettings, Synchronous, Transport,
+    Config, ConfigError, MqttProtocol, Parity, RetainUntil, SerialSettings, Synchronous, Transport,
 };
 use fivezero_gateway::poll::{LinkAddr, links};
+use fivezero_gateway::publish::PublisherConfig;
 
 fn example() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/gateway.toml")
@@ -94,6 +96,12 @@ fn defaults_fill_every_section_left_out() {
     assert_eq!(c.poll.connect_timeout, Duration::from_secs(3));
     assert_eq!(c.poll.backoff_min, Duration::from_secs(1));
     assert_eq!(c.poll.inter_frame_delay, None);
+    assert_eq!(c.buffer.retain_until, RetainUntil::SinkAck);
+    assert_eq!(c.publish.window.get(), 32);
+    assert_eq!(c.publish.items_per_message.get(), 1000);
+    assert_eq!(c.publish.bytes_per_message.get(), 255 * 1024);
+    assert_eq!(c.publish.replay_rate.get(), 200);
+    assert_eq!(c.publish.stall_min, Duration::from_secs(120));
     let d = &c.devices[0];
     assert_eq!(d.interval, Duration::from_secs(5));
     assert_eq!(d.timeout, Duration::from_secs(1));
@@ -462,4 +470,69 @@ proptest::proptest! {
         let _ = Config::from_toml(&file, &text, vec![(var.clone(), value.clone())]);
         let _ = Config::from_toml(&file, MINIMAL, vec![(var, value)]);
     }
+}
+
+#[test]
+fn the_publish_section_and_retain_until_reach_the_publisher() {
+    let text = format!(
+        "{MINIMAL}\n[buffer]\nretain_until = \"broker_ack\"\n\n[publish]\nwindow = 8\n\
+         items_per_message = 250\nbytes_per_message = \"64 KiB\"\nreplay_rate = 50\n\
+         backoff_min = \"100ms\"\nbackoff_max = \"5s\"\nstall_min = \"2s\"\nstall_max = \"10s\"\n"
+    );
+    let c = load(
+        "publish-section",
+        &text,
+        &[("FIVEZERO_PUBLISH__REPLAY_RATE", "75")],
+    )
+    .unwrap();
+    assert_eq!(c.buffer.retain_until, RetainUntil::BrokerAck);
+    let p = PublisherConfig::from_config_with_password(&c, Vec::new(), None).unwrap();
+    assert_eq!(p.window.get(), 8);
+    assert_eq!(p.items_per_message.get(), 250);
+    assert_eq!(p.bytes_per_message.get(), 64 * 1024);
+    assert_eq!(
+        p.replay_rate.get(),
+        75,
+        "the environment overrides the file"
+    );
+    assert_eq!(p.retain_until, RetainUntil::BrokerAck);
+    assert_eq!(
+        (p.backoff_min, p.backoff_max),
+        (Duration::from_millis(100), Duration::from_secs(5))
+    );
+    assert_eq!(
+        (p.stall_min, p.stall_max),
+        (Duration::from_secs(2), Duration::from_secs(10))
+    );
+    let options = BufferOptions::from_config(&c.gateway, &c.buffer);
+    assert_eq!(options.retain_until, RetainUntil::BrokerAck);
+}
+
+#[test]
+fn publish_values_out_of_range_are_each_named() {
+    let text = format!(
+        "{MINIMAL}\n[buffer]\nretain_until = \"forever\"\n\n[publish]\nwindow = 0\n\
+         items_per_message = 20000\nbytes_per_message = \"100 B\"\nreplay_rate = -1\n\
+         backoff_min = \"1ms\"\nstall_min = \"5m\"\nstall_max = \"1m\"\n"
+    );
+    let lines = problems(load("publish-range", &text, &[]));
+    for expected in [
+        "buffer.retain_until \"forever\" must be \"sink_ack\" or \"broker_ack\"",
+        "publish.window 0 is outside 1..=65535",
+        "publish.items_per_message 20000 is outside 1..=10000",
+        "publish.bytes_per_message 100 B is outside 1 KiB..=255 MiB",
+        "publish.replay_rate -1 is outside 1..=",
+        "publish.backoff_min 1ms is below 10ms",
+        "publish.stall_max 1m must be between publish.stall_min 5m and 1day",
+    ] {
+        assert!(
+            lines.iter().any(|l| l.contains(expected)),
+            "no problem saying {expected:?} in {lines:#?}"
+        );
+    }
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.starts_with("gateway.toml") || l.contains("gateway.toml"))
+    );
 }

@@ -12,6 +12,8 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use serde::Deserialize;
 
+use crate::publish;
+
 /// The whole file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -21,6 +23,8 @@ pub(crate) struct RawConfig {
     pub(crate) mqtt: RawMqtt,
     #[serde(default)]
     pub(crate) buffer: RawBuffer,
+    #[serde(default)]
+    pub(crate) publish: RawPublish,
     #[serde(default)]
     pub(crate) poll: RawPoll,
     #[serde(default)]
@@ -137,6 +141,8 @@ pub(crate) struct RawBuffer {
     pub(crate) max_age: Duration,
     #[serde(default = "default_synchronous")]
     pub(crate) synchronous: String,
+    #[serde(default = "default_retain_until")]
+    pub(crate) retain_until: String,
 }
 
 impl Default for RawBuffer {
@@ -145,6 +151,7 @@ impl Default for RawBuffer {
             max_bytes: default_max_bytes(),
             max_age: default_max_age(),
             synchronous: default_synchronous(),
+            retain_until: default_retain_until(),
         }
     }
 }
@@ -159,6 +166,79 @@ const fn default_max_age() -> Duration {
 
 fn default_synchronous() -> String {
     "full".to_owned()
+}
+
+fn default_retain_until() -> String {
+    "sink_ack".to_owned()
+}
+
+/// `[publish]`. Counts are `i64` so that the validator reports a range in its own words.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPublish {
+    #[serde(default = "default_window")]
+    pub(crate) window: i64,
+    #[serde(default = "default_items_per_message")]
+    pub(crate) items_per_message: i64,
+    #[serde(default = "default_bytes_per_message")]
+    pub(crate) bytes_per_message: ByteSize,
+    #[serde(default = "default_replay_rate")]
+    pub(crate) replay_rate: i64,
+    #[serde(default = "default_publish_backoff_min", with = "humantime_serde")]
+    pub(crate) backoff_min: Duration,
+    #[serde(default = "default_publish_backoff_max", with = "humantime_serde")]
+    pub(crate) backoff_max: Duration,
+    #[serde(default = "default_stall_min", with = "humantime_serde")]
+    pub(crate) stall_min: Duration,
+    #[serde(default = "default_stall_max", with = "humantime_serde")]
+    pub(crate) stall_max: Duration,
+}
+
+impl Default for RawPublish {
+    fn default() -> Self {
+        Self {
+            window: default_window(),
+            items_per_message: default_items_per_message(),
+            bytes_per_message: default_bytes_per_message(),
+            replay_rate: default_replay_rate(),
+            backoff_min: default_publish_backoff_min(),
+            backoff_max: default_publish_backoff_max(),
+            stall_min: default_stall_min(),
+            stall_max: default_stall_max(),
+        }
+    }
+}
+
+const fn default_window() -> i64 {
+    publish::DEFAULT_WINDOW as i64
+}
+
+const fn default_items_per_message() -> i64 {
+    publish::DEFAULT_ITEMS_PER_MESSAGE as i64
+}
+
+const fn default_bytes_per_message() -> ByteSize {
+    ByteSize::b(publish::DEFAULT_BYTES_PER_MESSAGE as u64)
+}
+
+const fn default_replay_rate() -> i64 {
+    publish::DEFAULT_REPLAY_RATE as i64
+}
+
+const fn default_publish_backoff_min() -> Duration {
+    Duration::from_millis(500)
+}
+
+const fn default_publish_backoff_max() -> Duration {
+    Duration::from_secs(30)
+}
+
+const fn default_stall_min() -> Duration {
+    Duration::from_secs(120)
+}
+
+const fn default_stall_max() -> Duration {
+    Duration::from_secs(1800)
 }
 
 /// `[poll]`.

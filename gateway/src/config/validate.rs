@@ -1,17 +1,22 @@
 //! Raw config in, validated [`Config`] out: every rule checked, every problem collected.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::num::{NonZeroU16, NonZeroU32, NonZeroUsize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use fivezero_model::topic::{check_prefix, check_segment};
+use fivezero_model::wire::MAX_BATCH_READINGS;
 use fivezero_profiles::{Profile, load_file};
 
-use super::raw::{RawBuffer, RawConfig, RawDevice, RawGateway, RawMetrics, RawMqtt, RawPoll};
+use super::raw::{
+    RawBuffer, RawConfig, RawDevice, RawGateway, RawMetrics, RawMqtt, RawPoll, RawPublish,
+};
 use super::{
     BufferConfig, Config, ConfigError, DeviceConfig, GatewayConfig, MetricsConfig, MqttConfig,
-    MqttProtocol, MqttUrl, Parity, PollConfig, SerialSettings, Synchronous, Transport,
+    MqttProtocol, MqttUrl, Parity, PollConfig, PublishConfig, RetainUntil, SerialSettings,
+    Synchronous, Transport,
 };
 
 /// Shortest device interval.
@@ -26,6 +31,10 @@ const MAX_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_INTER_FRAME_DELAY: Duration = Duration::from_secs(1);
 /// Longest backoff.
 const MAX_BACKOFF: Duration = Duration::from_secs(3_600);
+/// Smallest `publish.bytes_per_message`.
+const MIN_MESSAGE_BYTES: u64 = 1024;
+/// Largest `publish.bytes_per_message`: 255 MiB, under MQTT's 256 MiB packet limit.
+const MAX_MESSAGE_BYTES: u64 = 255 << 20;
 /// How deep the library folder is searched for `<id>.toml`.
 const LIBRARY_DEPTH: usize = 4;
 
@@ -69,6 +78,7 @@ pub(super) fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigErro
     let gateway = gateway(&raw.gateway, &base, &mut problems);
     let mqtt = mqtt(&raw.mqtt, &base, &mut problems);
     let buffer = buffer(&raw.buffer, &mut problems);
+    let publish = publish(&raw.publish, &mut problems);
     let poll = poll(&raw.poll, &mut problems);
     let metrics = metrics(&raw.metrics, &mut problems);
     let devices = devices(&raw.devices, &gateway.profile_dir, &base, &mut problems);
@@ -78,6 +88,7 @@ pub(super) fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigErro
             gateway,
             mqtt,
             buffer,
+            publish,
             poll,
             metrics,
             devices,
@@ -281,10 +292,101 @@ fn buffer(raw: &RawBuffer, problems: &mut Problems) -> BufferConfig {
             Synchronous::Full
         }
     };
+    let retain_until = match raw.retain_until.to_ascii_lowercase().as_str() {
+        "sink_ack" => RetainUntil::SinkAck,
+        "broker_ack" => RetainUntil::BrokerAck,
+        other => {
+            problems.push(format!(
+                "buffer.retain_until {other:?} must be \"sink_ack\" or \"broker_ack\""
+            ));
+            RetainUntil::SinkAck
+        }
+    };
     BufferConfig {
         max_bytes,
         max_age: raw.max_age,
         synchronous,
+        retain_until,
+    }
+}
+
+/// A count within `1..=max`, or the problem named by `key`.
+fn count<T: TryFrom<i64>>(key: &str, value: i64, max: i64, problems: &mut Problems) -> Option<T> {
+    if (1..=max).contains(&value) {
+        T::try_from(value).ok()
+    } else {
+        problems.push(format!("{key} {value} is outside 1..={max}"));
+        None
+    }
+}
+
+fn publish(raw: &RawPublish, problems: &mut Problems) -> PublishConfig {
+    let fmt = humantime::format_duration;
+    let window = count::<u16>("publish.window", raw.window, i64::from(u16::MAX), problems)
+        .and_then(NonZeroU16::new)
+        .unwrap_or(NonZeroU16::MIN);
+    let items_per_message = count::<u32>(
+        "publish.items_per_message",
+        raw.items_per_message,
+        i64::from(MAX_BATCH_READINGS),
+        problems,
+    )
+    .and_then(NonZeroU32::new)
+    .unwrap_or(NonZeroU32::MIN);
+    let replay_rate = count::<u32>(
+        "publish.replay_rate",
+        raw.replay_rate,
+        i64::from(u32::MAX),
+        problems,
+    )
+    .and_then(NonZeroU32::new)
+    .unwrap_or(NonZeroU32::MIN);
+    let bytes = raw.bytes_per_message.as_u64();
+    let bytes_per_message = if (MIN_MESSAGE_BYTES..=MAX_MESSAGE_BYTES).contains(&bytes) {
+        usize::try_from(bytes).ok().and_then(NonZeroUsize::new)
+    } else {
+        problems.push(format!(
+            "publish.bytes_per_message {} is outside 1 KiB..=255 MiB (MQTT's packet limit is 256 MiB)",
+            raw.bytes_per_message
+        ));
+        None
+    }
+    .unwrap_or(NonZeroUsize::MIN);
+    if raw.backoff_min < Duration::from_millis(10) {
+        problems.push(format!(
+            "publish.backoff_min {} is below 10ms",
+            fmt(raw.backoff_min)
+        ));
+    }
+    if raw.backoff_max < raw.backoff_min || raw.backoff_max > MAX_BACKOFF {
+        problems.push(format!(
+            "publish.backoff_max {} must be between publish.backoff_min {} and 1h",
+            fmt(raw.backoff_max),
+            fmt(raw.backoff_min)
+        ));
+    }
+    if raw.stall_min < Duration::from_secs(1) {
+        problems.push(format!(
+            "publish.stall_min {} is below 1s",
+            fmt(raw.stall_min)
+        ));
+    }
+    if raw.stall_max < raw.stall_min || raw.stall_max > Duration::from_secs(86_400) {
+        problems.push(format!(
+            "publish.stall_max {} must be between publish.stall_min {} and 1day",
+            fmt(raw.stall_max),
+            fmt(raw.stall_min)
+        ));
+    }
+    PublishConfig {
+        window,
+        items_per_message,
+        bytes_per_message,
+        replay_rate,
+        backoff_min: raw.backoff_min,
+        backoff_max: raw.backoff_max,
+        stall_min: raw.stall_min,
+        stall_max: raw.stall_max,
     }
 }
 

@@ -1,5 +1,5 @@
-//! The publisher's settings: built from the gateway's [`Config`], with defaults for what the
-//! config file does not (yet) say.
+//! The publisher's settings: built from the gateway's [`Config`] (`[mqtt]`, `[publish]` and
+//! `buffer.retain_until`); the defaults below are those of the config file.
 //!
 //! Secrets and files are read here, once, when the gateway starts, so a missing CA file or an
 //! unreadable password is refused at startup with the file named, not found at the first
@@ -14,7 +14,7 @@
 //! | `retain_until` | [`RetainUntil::SinkAck`] | what ends a message's stay in the buffer |
 //! | `backoff_min`, `backoff_max` | 0.5 s, 30 s | reconnect backoff, exponential with full jitter |
 //! | `stall_min`, `stall_max` | 2 min, 30 min | replay when the sink's watermark stalls behind the broker's acks (`sink_ack` only) |
-//! | `shutdown_timeout` | 5 s | how long a clean stop waits for the `offline` status to be acknowledged |
+//! | `shutdown_timeout` | 5 s | how long a clean stop waits for the `offline` status to be acknowledged (not a config key: the daemon's `gateway.shutdown_timeout` bounds the whole stop) |
 //! | password | `mqtt.password_file`, else the `FIVEZERO_MQTT_PASSWORD` variable | never logged |
 
 use std::fmt;
@@ -29,6 +29,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::PublishError;
+pub use crate::config::RetainUntil;
 use crate::config::{Config, MqttProtocol, MqttUrl};
 
 /// Default W: publishes queued or in flight at once.
@@ -52,17 +53,6 @@ pub const SYSTEM_CA_FILES: [&str; 5] = [
     "/etc/ssl/ca-bundle.pem",
     "/etc/ssl/cert.pem",
 ];
-
-/// What ends a message's stay in the buffer (`reference/reliability.md`, B.6 item 8).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum RetainUntil {
-    /// The sink's watermark passes it (end to end). Messages the broker acknowledged but the
-    /// sink never stored are published again.
-    #[default]
-    SinkAck,
-    /// The broker's PUBACK. Cheaper, but a broker that drops queued messages loses them.
-    BrokerAck,
-}
 
 /// A secret string: `Debug` shows `***`, and there is no `Display`.
 #[derive(Clone, PartialEq, Eq)]
@@ -326,6 +316,16 @@ impl PublisherConfig {
         out.keep_alive = mqtt.keep_alive;
         out.username.clone_from(&mqtt.username);
         out.profiles = profiles;
+        let publish = &config.publish;
+        out.window = publish.window;
+        out.items_per_message = publish.items_per_message;
+        out.bytes_per_message = publish.bytes_per_message;
+        out.replay_rate = publish.replay_rate;
+        out.retain_until = config.buffer.retain_until;
+        out.backoff_min = publish.backoff_min;
+        out.backoff_max = publish.backoff_max;
+        out.stall_min = publish.stall_min;
+        out.stall_max = publish.stall_max;
         out.password = match &mqtt.password_file {
             Some(path) => Some(read_password(path)?),
             None => env_password,
