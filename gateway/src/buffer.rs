@@ -829,8 +829,13 @@ impl Outbox for Buffer {
             .await?
     }
 
-    async fn broker_acked(&self, first_seq: u64, count: u32) -> Result<(), OutboxError> {
-        self.call(|reply| writer::Command::BrokerAcked(first_seq, count, reply))
+    async fn broker_acked(
+        &self,
+        epoch: Epoch,
+        first_seq: u64,
+        count: u32,
+    ) -> Result<(), OutboxError> {
+        self.call(|reply| writer::Command::BrokerAcked(epoch, first_seq, count, reply))
             .await?
     }
 

@@ -91,9 +91,11 @@ pub trait Outbox: Send + Sync + 'static {
         limits: Limits,
     ) -> impl Future<Output = Result<Vec<Outgoing>, OutboxError>> + Send;
 
-    /// The broker acknowledged the message covering `first_seq..first_seq + count`.
+    /// The broker acknowledged the message of stream `epoch` covering
+    /// `first_seq..first_seq + count`.
     fn broker_acked(
         &self,
+        epoch: Epoch,
         first_seq: u64,
         count: u32,
     ) -> impl Future<Output = Result<(), OutboxError>> + Send;

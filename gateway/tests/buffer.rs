@@ -271,13 +271,16 @@ async fn in_broker_ack_mode_acknowledged_rows_are_deleted_and_never_returned_aga
             .collect::<Vec<_>>(),
         vec![(1, 15), (16, 15), (31, 10)]
     );
-    buffer.broker_acked(16, 15).await.expect("ack");
     buffer
-        .broker_acked(16, 15)
+        .broker_acked(buffer.epoch(), 16, 15)
+        .await
+        .expect("ack");
+    buffer
+        .broker_acked(buffer.epoch(), 16, 15)
         .await
         .expect("a duplicate is harmless");
     buffer
-        .broker_acked(500, 3)
+        .broker_acked(buffer.epoch(), 500, 3)
         .await
         .expect("an unknown range is ignored");
     // Rows 11..=20 and 21..=30 are fully acknowledged only partly: 16..=30 covers row 21..=30.
@@ -290,7 +293,10 @@ async fn in_broker_ack_mode_acknowledged_rows_are_deleted_and_never_returned_aga
     let again = buffer.pending(0, limits).await.expect("pending");
     let seqs = covered(&again, clock.now());
     assert_eq!(seqs, (1..=15).chain(31..=40).collect::<Vec<_>>());
-    buffer.broker_acked(1, 15).await.expect("ack");
+    buffer
+        .broker_acked(buffer.epoch(), 1, 15)
+        .await
+        .expect("ack");
     let inv = buffer.inventory().await.expect("inventory");
     assert_eq!(
         inv.rows.iter().map(|r| (r.1, r.2)).collect::<Vec<_>>(),
@@ -321,7 +327,10 @@ async fn in_sink_ack_mode_rows_stay_until_the_watermark_passes_them() {
     }
     let out = buffer.pending(0, big()).await.expect("pending");
     assert_eq!(out.len(), 1);
-    buffer.broker_acked(1, 30).await.expect("ack");
+    buffer
+        .broker_acked(buffer.epoch(), 1, 30)
+        .await
+        .expect("ack");
     assert!(buffer.pending(0, big()).await.expect("pending").is_empty());
     assert_eq!(
         buffer.inventory().await.expect("inv").rows.len(),
@@ -354,7 +363,10 @@ async fn in_sink_ack_mode_rows_stay_until_the_watermark_passes_them() {
     let out = buffer.pending(0, big()).await.expect("pending");
     assert_eq!(covered(&out, clock.now()), (16..=30).collect::<Vec<_>>());
     // Replay without a restart.
-    buffer.broker_acked(16, 15).await.expect("ack");
+    buffer
+        .broker_acked(buffer.epoch(), 16, 15)
+        .await
+        .expect("ack");
     assert!(buffer.pending(0, big()).await.expect("pending").is_empty());
     buffer.replay_unconfirmed().await.expect("replay");
     let out = buffer.pending(0, big()).await.expect("pending");
@@ -468,7 +480,10 @@ async fn the_epoch_rotates_after_a_reboot_following_an_unclean_normal_run() {
         vec![(first, 1, 5)]
     );
     covered(&out, clock.now());
-    buffer.broker_acked(1, 5).await.expect("ack");
+    buffer
+        .broker_acked(first, 1, 5)
+        .await
+        .expect("ack");
     // `after` = 5 belonged to the old epoch; the new one is served from its start.
     let out = buffer.pending(5, big()).await.expect("pending");
     assert_eq!(

@@ -105,7 +105,7 @@ fn child() {
                     // Intent first: the deletion may commit before the kill lets us print.
                     say(&format!("K {} {}", m.first_seq, m.count));
                     buffer
-                        .broker_acked(m.first_seq, m.count)
+                        .broker_acked(m.epoch, m.first_seq, m.count)
                         .await
                         .expect("ack");
                 }

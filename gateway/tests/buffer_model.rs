@@ -83,7 +83,7 @@ struct Model {
     /// Sequences declared since the last open (the counters restart with the process).
     evicted_since_open: u64,
     live: BTreeSet<u64>,
-    in_flight: Vec<(u64, u32)>,
+    in_flight: Vec<(Epoch, u64, u32)>,
     cursor: u64,
     /// Messages the broker acknowledged but has not delivered to the sink yet.
     broker_queue: Vec<(u64, u32)>,
@@ -291,7 +291,7 @@ impl Harness {
                         }
                         other => return Err(TestCaseError::fail(format!("kind {other:?}"))),
                     }
-                    self.model.in_flight.push((m.first_seq, m.count));
+                    self.model.in_flight.push((m.epoch, m.first_seq, m.count));
                 }
                 if let Some(m) = out.last() {
                     self.model.cursor = m.last_seq();
@@ -299,12 +299,12 @@ impl Harness {
             }
             Action::PubAck(i) => {
                 if !self.model.in_flight.is_empty() {
-                    let (first, count) = self
+                    let (epoch, first, count) = self
                         .model
                         .in_flight
                         .remove(usize::from(*i) % self.model.in_flight.len());
                     self.buffer()
-                        .broker_acked(first, count)
+                        .broker_acked(epoch, first, count)
                         .await
                         .map_err(|e| TestCaseError::fail(e.to_string()))?;
                     self.model
@@ -323,7 +323,7 @@ impl Harness {
             Action::Disconnect { reached_broker } => {
                 if *reached_broker {
                     // The publishes reached the sink, only the PUBACKs were lost.
-                    for &(first, count) in &self.model.in_flight {
+                    for &(_, first, count) in &self.model.in_flight {
                         self.model
                             .sink_stored
                             .extend(first..first + u64::from(count));

@@ -770,16 +770,24 @@ impl State {
         }
     }
 
-    /// The broker acknowledged `first..first + count`. Returns the stream it applies to and
-    /// the range, or `None` when it matches nothing handed out and unfinished (a stale or
-    /// duplicate acknowledgement).
-    pub(crate) fn broker_acked(&mut self, first: u64, count: u32) -> Option<(i64, u64, u64)> {
+    /// The broker acknowledged `first..first + count` of stream `epoch`. Returns the stream it
+    /// applies to and the range, or `None` when it matches nothing handed out and unfinished
+    /// (a stale or duplicate acknowledgement, or one of an epoch no longer held).
+    pub(crate) fn broker_acked(
+        &mut self,
+        epoch: Epoch,
+        first: u64,
+        count: u32,
+    ) -> Option<(i64, u64, u64)> {
         if count == 0 || first == 0 {
             return None;
         }
         let last = first.checked_add(u64::from(count) - 1)?;
         let stream = self.streams_mut().find(|s| {
-            last <= s.committed() && last <= s.served_through && !s.finished.covers(first, last)
+            s.epoch == epoch
+                && last <= s.committed()
+                && last <= s.served_through
+                && !s.finished.covers(first, last)
         })?;
         let new = stream.finished.insert(first, last);
         let id = stream.id;
@@ -1054,9 +1062,9 @@ mod tests {
         append(&mut s, 2, 3, Kind::Readings);
         assert_eq!(s.pending_scan(0), Some((1, E1, 1)));
         s.on_served(1, 6);
-        assert_eq!(s.broker_acked(1, 3), Some((1, 1, 3)));
+        assert_eq!(s.broker_acked(E1, 1, 3), Some((1, 1, 3)));
         assert_eq!(
-            s.broker_acked(1, 3),
+            s.broker_acked(E1, 1, 3),
             None,
             "a duplicate acknowledgement is ignored"
         );
@@ -1070,10 +1078,10 @@ mod tests {
     fn an_acknowledgement_of_something_never_handed_out_is_ignored() {
         let mut s = state(RetainUntil::BrokerAck);
         append(&mut s, 1, 3, Kind::Readings);
-        assert_eq!(s.broker_acked(1, 3), None);
-        assert_eq!(s.broker_acked(0, 3), None);
-        assert_eq!(s.broker_acked(u64::MAX, 3), None);
-        assert_eq!(s.broker_acked(1, 0), None);
+        assert_eq!(s.broker_acked(E1, 1, 3), None);
+        assert_eq!(s.broker_acked(E1, 0, 3), None);
+        assert_eq!(s.broker_acked(E1, u64::MAX, 3), None);
+        assert_eq!(s.broker_acked(E1, 1, 0), None);
     }
 
     #[test]
@@ -1097,15 +1105,20 @@ mod tests {
             None,
             "everything of the old stream is in flight"
         );
-        assert_eq!(s.broker_acked(1, 5), Some((1, 1, 5)));
-        assert_eq!(s.broker_acked(6, 5), Some((1, 6, 10)));
+        assert_eq!(s.broker_acked(E1, 1, 5), Some((1, 1, 5)));
+        assert_eq!(s.broker_acked(E1, 6, 5), Some((1, 6, 10)));
         assert_eq!(
             s.pending_scan(10),
             Some((2, E2, 1)),
             "`after` belonged to the old stream"
         );
         s.on_served(2, 4);
-        assert_eq!(s.broker_acked(1, 4), Some((2, 1, 4)));
+        assert_eq!(
+            s.broker_acked(E1, 1, 4),
+            None,
+            "a late duplicate acknowledgement of the old stream never finishes the new one"
+        );
+        assert_eq!(s.broker_acked(E2, 1, 4), Some((2, 1, 4)));
     }
 
     #[test]
@@ -1236,8 +1249,8 @@ mod tests {
         append(&mut s, 2, 5, Kind::Readings);
         assert!(s.pending_scan(0).is_some());
         s.on_served(1, 10);
-        s.broker_acked(1, 5);
-        s.broker_acked(6, 5);
+        s.broker_acked(E1, 1, 5);
+        s.broker_acked(E1, 6, 5);
         let _ = s.sink_acked(E1, 3);
         assert_eq!(s.current().backlog(), 0);
         let mut live = loaded(1, E1, 11, &[(1, 10)]);

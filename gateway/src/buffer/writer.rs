@@ -57,7 +57,7 @@ type Reply<T> = oneshot::Sender<T>;
 pub(crate) enum Command {
     Append(Item, Reply<Result<Appended, AppendError>>),
     Pending(u64, Limits, Reply<Result<Vec<Outgoing>, OutboxError>>),
-    BrokerAcked(u64, u32, Reply<Result<(), OutboxError>>),
+    BrokerAcked(Epoch, u64, u32, Reply<Result<(), OutboxError>>),
     SinkAcked(Epoch, u64, Reply<Result<(), OutboxError>>),
     PendingGaps(Reply<Result<Vec<OutgoingGap>, OutboxError>>),
     GapPublished(i64, Reply<Result<(), OutboxError>>),
@@ -163,8 +163,8 @@ impl Writer {
                 let v = self.pending(after, limits);
                 self.answer(reply, v);
             }
-            Command::BrokerAcked(first, count, reply) => {
-                let v = self.broker_acked(first, count);
+            Command::BrokerAcked(epoch, first, count, reply) => {
+                let v = self.broker_acked(epoch, first, count);
                 self.answer(reply, v);
             }
             Command::SinkAcked(epoch, seq, reply) => {
@@ -363,9 +363,10 @@ impl Writer {
         Ok(out)
     }
 
-    fn broker_acked(&mut self, first: u64, count: u32) -> Result<(), OutboxError> {
-        let Some((stream, first, last)) = self.state.broker_acked(first, count) else {
+    fn broker_acked(&mut self, epoch: Epoch, first: u64, count: u32) -> Result<(), OutboxError> {
+        let Some((stream, first, last)) = self.state.broker_acked(epoch, first, count) else {
             debug!(
+                %epoch,
                 first,
                 count, "Ignored a broker acknowledgement that matches nothing in flight."
             );

@@ -579,7 +579,11 @@ impl<'a, O: Outbox> Runner<'a, O> {
             return;
         }
         match slot {
-            Slot::Message(m) => match self.outbox.broker_acked(m.first_seq, m.count).await {
+            Slot::Message(m) => match self
+                .outbox
+                .broker_acked(m.epoch, m.first_seq, m.count)
+                .await
+            {
                 Ok(()) => {
                     self.stats.broker_acked(m.count);
                     if m.epoch == self.outbox.epoch() {

@@ -252,13 +252,18 @@ impl Outbox for MemoryOutbox {
             .collect())
     }
 
-    async fn broker_acked(&self, first_seq: u64, count: u32) -> Result<(), OutboxError> {
+    async fn broker_acked(
+        &self,
+        epoch: Epoch,
+        first_seq: u64,
+        count: u32,
+    ) -> Result<(), OutboxError> {
         let mut inner = self.lock();
         inner.broker_acks.push((first_seq, count));
         if let Some(m) = inner
             .messages
             .iter_mut()
-            .find(|m| m.out.first_seq == first_seq && m.out.count == count)
+            .find(|m| m.out.epoch == epoch && m.out.first_seq == first_seq && m.out.count == count)
         {
             m.broker_acked = true;
         }
