@@ -69,7 +69,7 @@ async fn every_polled_reading_arrives_once_with_its_value_and_matches_the_buffer
     let file = dir.join("gateway.toml");
     std::fs::write(
         &file,
-        config_text(&sim, &DEVICES, &state_dir, &url, &prefix, &id),
+        config_text(&sim, &DEVICES, &state_dir, &url, &prefix, &id, ""),
     )
     .unwrap();
     let config = Config::load(&file).unwrap_or_else(|e| panic!("the config loads: {e}"));

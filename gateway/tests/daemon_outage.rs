@@ -1,14 +1,19 @@
 //! The whole daemon through a broker outage: the Green Sail simulator (frozen clock),
 //! `daemon::run` polling two devices every 200 ms, and a private Mosquitto (started by the
-//! test on a free port, `persistence false`) that is killed with SIGKILL for about six
-//! seconds while the gateway keeps polling, then restarted on the same port.
+//! test on a free port, `persistence false`) that is killed with SIGKILL for 60 seconds while
+//! the gateway keeps polling, then restarted on the same port.
 //!
-//! A subscriber on the gateway's `batches` topic loses its connection with the broker; a new
-//! one subscribes once the broker is back. The readings polled during the outage were never
-//! acknowledged by any broker, so they reach the new subscriber only because the gateway
-//! replays them from its buffer. Then every committed sequence must have arrived, in
-//! sequence order with non-decreasing timestamps per device, the outage's readings with
-//! their original (outage-time) timestamps, and every value what the simulator served.
+//! The test plays the cloud sink: a subscriber on the gateway's `batches` topic that
+//! publishes, retained on the `ack` topic, the watermark of the contiguous sequences it holds.
+//! It loses its connection with the broker; a new one subscribes once the broker is back.
+//! The readings polled during the outage were never acknowledged by any broker, so they reach
+//! the new subscriber only because the gateway replays them from its buffer: at once after
+//! reconnecting, and again when the watermark stalls (`publish.stall_min = 2s`), which is what
+//! heals whatever the gateway published before the new subscriber was there (a real sink keeps
+//! a persistent session; this broker forgets sessions when killed). Then every committed
+//! sequence must have arrived, in sequence order with non-decreasing timestamps per device,
+//! the outage's readings with their original (outage-time) timestamps, and every value what
+//! the simulator served.
 //!
 //! Without `/usr/sbin/mosquitto` the test prints "skipped: … is not installed" and passes.
 
@@ -21,10 +26,10 @@ mod kit;
 #[path = "common/daemon_kit.rs"]
 mod daemon_kit;
 
-use daemon_kit::{Received, SITE, collect_until, config_text};
+use daemon_kit::{Received, SITE, collect_until, config_text, now_ms};
 
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use fivezero_gateway::buffer::{Buffer, BufferOptions};
 use fivezero_gateway::config::Config;
@@ -40,26 +45,21 @@ use tokio::time::Instant;
 const DEVICES: [&str; 2] = ["grid-meter", "pv-roof-a"];
 /// Cycles of every device to see before the broker dies.
 const CYCLES: usize = 5;
-/// How long the broker stays dead.
-const OUTAGE: Duration = Duration::from_secs(6);
+/// How long the broker stays dead (the issue's outage).
+const OUTAGE: Duration = Duration::from_secs(60);
 /// Limit on each wait.
-const LIMIT: Duration = Duration::from_secs(30);
-
-/// Wall-clock milliseconds since the Unix epoch (the readings' clock).
-fn now_ms() -> i64 {
-    i64::try_from(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_millis(),
-    )
-    .unwrap()
-}
+const LIMIT: Duration = Duration::from_secs(60);
+/// The publisher's settings for the test: reconnect within 5 s of the broker's return, replay
+/// what the sink has not confirmed 2 s after its watermark stalls.
+const PUBLISH: &str = "
+[publish]
+backoff_min = \"200ms\"
+backoff_max = \"5s\"
+stall_min = \"2s\"
+stall_max = \"4s\"
+";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "race to close first: the new subscriber can miss the gateway's replay when the \
-            gateway reconnects before it subscribes (then nothing replays for stall_min = 2 min); \
-            run with --ignored"]
 async fn readings_polled_while_the_broker_is_down_arrive_in_order_with_their_timestamps() {
     if !Mosquitto::available() {
         return;
@@ -83,7 +83,7 @@ async fn readings_polled_while_the_broker_is_down_arrive_in_order_with_their_tim
     let url = broker.url().to_string();
     std::fs::write(
         &file,
-        config_text(&sim, &DEVICES, &state_dir, &url, &prefix, &id),
+        config_text(&sim, &DEVICES, &state_dir, &url, &prefix, &id, PUBLISH),
     )
     .unwrap();
     let config = Config::load(&file).unwrap_or_else(|e| panic!("the config loads: {e}"));
@@ -100,7 +100,10 @@ async fn readings_polled_while_the_broker_is_down_arrive_in_order_with_their_tim
     let daemon = tokio::spawn(daemon::run(config, async move {
         let _ = stop_rx.await;
     }));
-    let mut got = Received::default();
+    let mut got = Received {
+        ack_topic: Some(topics.ack().to_owned()),
+        ..Received::default()
+    };
     collect_until(
         &mut probe,
         &batches,
@@ -134,8 +137,8 @@ async fn readings_polled_while_the_broker_is_down_arrive_in_order_with_their_tim
         &id,
         &mut got,
         LIMIT,
-        "readings of every device polled after the restart",
-        |g| DEVICES.iter().all(|d| g.has_after(d, restarted_ms)),
+        "readings of every device polled after the restart, with no hole below them",
+        |g| DEVICES.iter().all(|d| g.has_after(d, restarted_ms)) && g.contiguous() == g.max_seq(),
     )
     .await;
     let _ = stop_tx.send(());

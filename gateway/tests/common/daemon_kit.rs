@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fivezero_model::wire::{self, Reading};
 use fivezero_sim::server::SimulatorHandle;
@@ -20,7 +20,8 @@ use super::sim;
 /// The scenario's site, a topic level.
 pub(crate) const SITE: &str = "qingdao-greensail";
 
-/// The gateway config file's text: `devices` of the simulator, polled every 200 ms.
+/// The gateway config file's text: `devices` of the simulator, polled every 200 ms, then
+/// `extra` (whole sections, such as `[publish]`).
 pub(crate) fn config_text(
     sim: &SimulatorHandle,
     devices: &[&str],
@@ -28,6 +29,7 @@ pub(crate) fn config_text(
     url: &str,
     prefix: &str,
     id: &str,
+    extra: &str,
 ) -> String {
     let mut text = format!(
         r#"
@@ -65,6 +67,7 @@ timeout = "500ms"
             ));
         }
     }
+    text.push_str(extra);
     text
 }
 
@@ -75,6 +78,11 @@ pub(crate) struct Received {
     pub(crate) duplicates: u64,
     pub(crate) batches: u64,
     pub(crate) epochs: Vec<wire::Epoch>,
+    /// When set, [`collect_until`] plays the sink: after each batch it publishes, retained on
+    /// this topic, the watermark of the contiguous sequences received.
+    pub(crate) ack_topic: Option<String>,
+    /// The watermark last published.
+    pub(crate) acked: u64,
 }
 
 impl Received {
@@ -155,6 +163,34 @@ pub(crate) async fn collect_until(
         };
         if m.topic == topic {
             got.take(&m.payload, gateway);
+            acknowledge(probe, gateway, got).await;
         }
+    }
+}
+
+/// Wall-clock milliseconds since the Unix epoch (the readings' clock).
+pub(crate) fn now_ms() -> i64 {
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("the clock is after 1970");
+    i64::try_from(since.as_millis()).expect("milliseconds fit in i64")
+}
+
+/// As the sink: publishes the watermark of the contiguous sequences received when it moved
+/// (only with `got.ack_topic` set, and one epoch received).
+pub(crate) async fn acknowledge(probe: &Probe, gateway: &str, got: &mut Received) {
+    let (Some(topic), [epoch]) = (got.ack_topic.clone(), got.epochs.as_slice()) else {
+        return;
+    };
+    let seq = got.contiguous();
+    if seq > got.acked {
+        let ack = wire::AckWatermark {
+            schema: wire::SCHEMA_VERSION,
+            gateway: gateway.to_owned(),
+            streams: vec![wire::StreamAck { epoch: *epoch, seq }],
+            ts: now_ms(),
+        };
+        probe.publish_retained(&topic, wire::encode(&ack)).await;
+        got.acked = seq;
     }
 }
