@@ -76,6 +76,8 @@ timeout = "500ms"
 pub(crate) struct Received {
     pub(crate) readings: BTreeMap<u64, Reading>,
     pub(crate) duplicates: u64,
+    /// The sequence of every duplicate, in the order received.
+    pub(crate) duplicate_seqs: Vec<u64>,
     pub(crate) batches: u64,
     pub(crate) epochs: Vec<wire::Epoch>,
     /// When set, [`collect_until`] plays the sink: after each batch it publishes, retained on
@@ -105,6 +107,7 @@ impl Received {
                         "seq {seq} arrived twice with different readings"
                     );
                     self.duplicates += 1;
+                    self.duplicate_seqs.push(seq);
                 }
                 None => {
                     self.readings.insert(seq, reading);
