@@ -5,8 +5,9 @@ use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
-use fivezero_gateway::config::{Config, DeviceConfig};
+use fivezero_gateway::config::{Config, DeviceConfig, KpiConfig};
 use fivezero_gateway::poll::links;
+use fivezero_gateway::site::Group;
 use fivezero_profiles::plan;
 
 /// Cycles looked at to find the fewest and most requests a cycle needs (per-point intervals
@@ -51,7 +52,49 @@ pub(crate) fn check(file: &Path) -> ExitCode {
             let _ = writeln!(stdout, "  {}", describe(d));
         }
     }
+    for line in kpi_report(&config.kpi) {
+        let _ = writeln!(stdout, "{line}");
+    }
     ExitCode::SUCCESS
+}
+
+/// Which KPI groups are computed from which device metrics, and the factors in use.
+fn kpi_report(kpi: &KpiConfig) -> Vec<String> {
+    let mut out = Vec::new();
+    let Some(tz) = &kpi.time_zone else {
+        out.push("kpi: no device has a role; no KPI is computed".to_owned());
+        return out;
+    };
+    out.push(format!(
+        "kpi: windows of 15m, 1h and 1d in {tz}; {} of {} groups computed",
+        kpi.groups.len(),
+        Group::ALL.len()
+    ));
+    for group in Group::ALL {
+        if kpi.groups.contains(&group) {
+            out.push(format!("  {group}: computed"));
+            for (role, sources) in kpi.inputs.iter().filter(|(r, _)| r.group() == group) {
+                let from: Vec<String> = sources
+                    .iter()
+                    .map(|s| format!("{} {}", s.device, s.metric))
+                    .collect();
+                out.push(format!("    {role} <- {}", from.join(" + ")));
+            }
+        } else {
+            let needs: Vec<&str> = group.required().iter().map(|r| r.name()).collect();
+            out.push(format!(
+                "  {group}: not computed (needs {})",
+                needs.join(", ")
+            ));
+        }
+    }
+    for (name, f) in &kpi.factors {
+        out.push(format!(
+            "  factor {name} = {} {} ({}, {}, {} data)",
+            f.value, f.unit, f.publisher, f.document, f.year
+        ));
+    }
+    out
 }
 
 /// One line per device: unit, profile, timing and requests per cycle.

@@ -103,12 +103,19 @@
 //! | `FIVEZERO_DEVICE__<n>__UNIT` | `device[n].unit` | Modbus unit id: 0..=255 on TCP, 1..=247 on RTU | required |
 //! | `FIVEZERO_DEVICE__<n>__INTERVAL` | `device[n].interval` | poll interval, whole milliseconds, 100 ms to 1 day | `5s` |
 //! | `FIVEZERO_DEVICE__<n>__TIMEOUT` | `device[n].timeout` | limit on one request, 10 ms to 60 s | `1s` |
-//! | `FIVEZERO_DEVICE__<n>__ROLE` | `device[n].role` | what the device feeds in the KPIs (checked by the KPI engine) | none |
+//! | `FIVEZERO_DEVICE__<n>__ROLE` | `device[n].role` | what the device feeds in the KPIs: a role, `role:metric`, or a list of them (see [`crate::site`]) | none |
+//! | `FIVEZERO_KPI__TIME_ZONE` | `kpi.time_zone` | IANA time zone the KPI windows align to; required when a device has a role | none |
+//!
+//! Factors (`[kpi.factors.NAME]`, each with `value`, `unit`, `year`, `publisher`,
+//! `document`) are overridden in the file; their names, units and defaults are in
+//! [`crate::site::FACTORS`].
 
 mod env;
 mod raw;
+mod site;
 mod validate;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::num::{NonZeroU16, NonZeroU32, NonZeroUsize};
 use std::path::{Path, PathBuf};
@@ -116,6 +123,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fivezero_profiles::Profile;
+
+use crate::site::{Group, Provenanced, Role};
 
 pub use env::{ENV_PREFIX, env_overrides};
 pub use validate::inter_frame_delay;
@@ -139,6 +148,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// The `[[device]]` entries, in file order.
     pub devices: Vec<DeviceConfig>,
+    /// `[kpi]` with the devices' roles.
+    pub kpi: KpiConfig,
 }
 
 /// `[gateway]`: who this gateway is and where it keeps its state.
@@ -305,8 +316,28 @@ pub struct DeviceConfig {
     pub interval: Duration,
     /// Limit on one request.
     pub timeout: Duration,
-    /// What the device feeds in the KPIs (checked by the KPI engine, carried as given).
-    pub role: Option<String>,
+}
+
+/// `[kpi]` and the devices' roles: the site model (see [`crate::site`]).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct KpiConfig {
+    /// IANA time zone the windows align to; `None` only when no device has a role.
+    pub time_zone: Option<String>,
+    /// Every role with a source, and its sources (summed).
+    pub inputs: BTreeMap<Role, Vec<RoleSource>>,
+    /// The KPI groups every required role of which has a source: the ones computed.
+    pub groups: Vec<Group>,
+    /// Every factor with a value, configured or by default, by name.
+    pub factors: BTreeMap<&'static str, Provenanced>,
+}
+
+/// A device metric that feeds a role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleSource {
+    /// The device's name.
+    pub device: Arc<str>,
+    /// The catalogue metric.
+    pub metric: &'static str,
 }
 
 /// How a device is reached.

@@ -16,8 +16,10 @@
 pub mod buffer;
 pub mod config;
 pub mod daemon;
+pub mod kpi;
 pub mod metrics;
 pub mod outbox;
 pub mod poll;
 pub mod publish;
+pub mod site;
 pub mod sunspec;

@@ -31,6 +31,37 @@ pub(crate) struct RawConfig {
     pub(crate) metrics: RawMetrics,
     #[serde(default, rename = "device")]
     pub(crate) devices: Vec<RawDevice>,
+    #[serde(default)]
+    pub(crate) kpi: RawKpi,
+}
+
+/// `[kpi]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawKpi {
+    #[serde(default)]
+    pub(crate) time_zone: Option<String>,
+    #[serde(default)]
+    pub(crate) factors: std::collections::BTreeMap<String, RawFactor>,
+}
+
+/// One `[kpi.factors.NAME]`: a value with its provenance.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawFactor {
+    pub(crate) value: f64,
+    pub(crate) unit: String,
+    pub(crate) year: i64,
+    pub(crate) publisher: String,
+    pub(crate) document: String,
+}
+
+/// A device's `role`: one entry or a list.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum RawRoles {
+    One(String),
+    Many(Vec<String>),
 }
 
 /// `[gateway]`.
@@ -306,7 +337,7 @@ pub(crate) struct RawDevice {
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub(crate) timeout: Duration,
     #[serde(default)]
-    pub(crate) role: Option<String>,
+    pub(crate) role: Option<RawRoles>,
 }
 
 const fn default_interval() -> Duration {

@@ -57,10 +57,10 @@ pub fn inter_frame_delay(serial: &SerialSettings) -> Duration {
 
 /// Collects problems while validating.
 #[derive(Debug, Default)]
-struct Problems(Vec<String>);
+pub(super) struct Problems(pub(super) Vec<String>);
 
 impl Problems {
-    fn push(&mut self, p: impl Into<String>) {
+    pub(super) fn push(&mut self, p: impl Into<String>) {
         self.0.push(p.into());
     }
 }
@@ -82,6 +82,7 @@ pub(super) fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigErro
     let poll = poll(&raw.poll, &mut problems);
     let metrics = metrics(&raw.metrics, &mut problems);
     let devices = devices(&raw.devices, &gateway.profile_dir, &base, &mut problems);
+    let kpi = super::site::kpi(&raw.kpi, &raw.devices, &devices, &mut problems);
     if problems.0.is_empty() {
         Ok(Config {
             file: path.to_path_buf(),
@@ -92,6 +93,7 @@ pub(super) fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigErro
             poll,
             metrics,
             devices,
+            kpi,
         })
     } else {
         Err(ConfigError::Invalid {
@@ -464,9 +466,6 @@ fn devices(
         let profile = profile(&raw.profile, &dir, base, &mut cache)
             .map_err(|e| problems.push(format!("{who}: {e}")))
             .ok();
-        if raw.role.as_deref().is_some_and(str::is_empty) {
-            problems.push(format!("{who}: role is empty; leave it out or name a role"));
-        }
         if problems.0.len() != before {
             continue;
         }
@@ -481,7 +480,6 @@ fn devices(
                 unit,
                 interval: raw.interval,
                 timeout: raw.timeout,
-                role: raw.role.clone(),
             });
         }
     }
