@@ -69,6 +69,14 @@ impl<'a> SourceMap<'a> {
         (line, column)
     }
 
+    /// A warning at a byte offset.
+    pub(crate) fn warning(&self, offset: usize, message: impl Into<String>) -> Diagnostic {
+        Diagnostic {
+            severity: Severity::Warning,
+            ..self.error(offset, message)
+        }
+    }
+
     /// An error at a byte offset.
     pub(crate) fn error(&self, offset: usize, message: impl Into<String>) -> Diagnostic {
         let (line, column) = self.position(offset);

@@ -8,12 +8,16 @@
 
 pub mod codec;
 mod diagnostic;
+mod lint;
 mod load;
 pub mod plan;
 pub mod profile;
 
 pub use diagnostic::{Diagnostic, Severity};
-pub use load::{LoadedFile, MODBUS_MAX_BITS, MODBUS_MAX_REGISTERS, load_file, load_path, load_str};
+pub use load::{
+    Checked, CheckedFile, LoadedFile, MODBUS_MAX_BITS, MODBUS_MAX_REGISTERS, check_file,
+    check_path, check_str, load_file, load_path, load_str,
+};
 pub use profile::{Category, DataType, Point, Profile, ReadLimits, Table, WordOrder};
 
 /// The folder of the shipped profile library, as seen from the source tree.

@@ -30,6 +30,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::diagnostic::{Diagnostic, SourceMap};
+use crate::lint::PointFacts;
 use crate::profile::{Category, DataType, Point, Profile, ReadLimits, Table, WordOrder};
 
 /// The most registers one Modbus read may return.
@@ -42,15 +43,7 @@ pub const MODBUS_MAX_BITS: u16 = 2000;
 /// # Errors
 /// Every problem found, as diagnostics naming the file, line and column.
 pub fn load_file(path: &Path) -> Result<Profile, Vec<Diagnostic>> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        vec![Diagnostic {
-            file: path.to_path_buf(),
-            line: 1,
-            column: 1,
-            severity: crate::Severity::Error,
-            message: format!("cannot read the file: {e}"),
-        }]
-    })?;
+    let text = read(path)?;
     load_str(path, &text)
 }
 
@@ -59,6 +52,23 @@ pub fn load_file(path: &Path) -> Result<Profile, Vec<Diagnostic>> {
 /// # Errors
 /// Every problem found, as diagnostics naming the file, line and column.
 pub fn load_str(path: &Path, text: &str) -> Result<Profile, Vec<Diagnostic>> {
+    check_str(path, text).map(|c| c.profile)
+}
+
+/// A profile that loads, with the warnings of the lint pass (likely mistakes that are not errors).
+#[derive(Debug, Clone)]
+pub struct Checked {
+    /// The validated profile.
+    pub profile: Profile,
+    /// Likely mistakes that do not refuse the profile, in file order.
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// Validates profile text like [`load_str`] and, when it is valid, runs the lint pass.
+///
+/// # Errors
+/// Every problem found, as diagnostics naming the file, line and column.
+pub fn check_str(path: &Path, text: &str) -> Result<Checked, Vec<Diagnostic>> {
     let map = SourceMap::new(path, text);
     let raw: RawProfile = toml::from_str(text).map_err(|e| {
         let offset = e.span().map_or(0, |s| s.start);
@@ -81,12 +91,66 @@ pub fn load_str(path: &Path, text: &str) -> Result<Profile, Vec<Diagnostic>> {
             ),
         );
     }
-    let profile = checker.profile(id, raw);
+    let (profile, facts) = checker.profile(id, raw);
     if checker.diagnostics.is_empty() {
-        Ok(profile)
+        let warnings = crate::lint::lint(&profile, &facts)
+            .into_iter()
+            .map(|(span, message)| map.warning(span.start, message))
+            .collect();
+        Ok(Checked { profile, warnings })
     } else {
         Err(checker.diagnostics)
     }
+}
+
+/// Reads a profile file and runs [`check_str`] on it.
+///
+/// # Errors
+/// Every problem found, as diagnostics naming the file, line and column.
+pub fn check_file(path: &Path) -> Result<Checked, Vec<Diagnostic>> {
+    let text = read(path)?;
+    check_str(path, &text)
+}
+
+/// One file found by [`check_path`] and what became of it.
+pub type CheckedFile = (PathBuf, Result<Checked, Vec<Diagnostic>>);
+
+/// Like [`load_path`], with the lint pass's warnings for every profile that loads.
+///
+/// # Errors
+/// A diagnostic when the folder cannot be read; problems in individual files are in the list.
+pub fn check_path(path: &Path) -> Result<Vec<CheckedFile>, Diagnostic> {
+    Ok(toml_files(path)?
+        .into_iter()
+        .map(|f| {
+            let checked = check_file(&f);
+            (f, checked)
+        })
+        .collect())
+}
+
+fn read(path: &Path) -> Result<String, Vec<Diagnostic>> {
+    std::fs::read_to_string(path).map_err(|e| {
+        vec![Diagnostic {
+            file: path.to_path_buf(),
+            line: 1,
+            column: 1,
+            severity: crate::Severity::Error,
+            message: format!("cannot read the file: {e}"),
+        }]
+    })
+}
+
+fn toml_files(path: &Path) -> Result<Vec<PathBuf>, Diagnostic> {
+    let mut files = Vec::new();
+    collect_toml(path, &mut files).map_err(|e| Diagnostic {
+        file: path.to_path_buf(),
+        line: 1,
+        column: 1,
+        severity: crate::Severity::Error,
+        message: format!("cannot read: {e}"),
+    })?;
+    Ok(files)
 }
 
 /// One file found by [`load_path`] and what became of it.
@@ -98,15 +162,7 @@ pub type LoadedFile = (PathBuf, Result<Profile, Vec<Diagnostic>>);
 /// # Errors
 /// A diagnostic when the folder cannot be read; problems in individual files are in the list.
 pub fn load_path(path: &Path) -> Result<Vec<LoadedFile>, Diagnostic> {
-    let mut files = Vec::new();
-    collect_toml(path, &mut files).map_err(|e| Diagnostic {
-        file: path.to_path_buf(),
-        line: 1,
-        column: 1,
-        severity: crate::Severity::Error,
-        message: format!("cannot read: {e}"),
-    })?;
-    Ok(files
+    Ok(toml_files(path)?
         .into_iter()
         .map(|f| {
             let loaded = load_file(&f);
@@ -174,6 +230,7 @@ struct RawDevice {
     category: Spanned<String>,
     source: Spanned<String>,
     notes: Option<String>,
+    rated_power: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -231,6 +288,7 @@ struct Pending {
     point: Point,
     span: Range<usize>,
     scale_factor: Option<Spanned<String>>,
+    facts: PointFacts,
 }
 
 impl Checker<'_> {
@@ -242,7 +300,7 @@ impl Checker<'_> {
         self.map.position(span.start).0
     }
 
-    fn profile(&mut self, id: String, raw: RawProfile) -> Profile {
+    fn profile(&mut self, id: String, raw: RawProfile) -> (Profile, Vec<PointFacts>) {
         let device_span = raw.device.span();
         let device = raw.device.into_inner();
         let category = match Category::parse(device.category.get_ref()) {
@@ -272,6 +330,10 @@ impl Checker<'_> {
                 );
             }
         }
+        let rated_power_kw = device
+            .rated_power
+            .as_ref()
+            .and_then(|r| self.rated_power(r));
         let (limits, default_order) = self.modbus(raw.modbus);
         if raw.points.is_empty() {
             self.error(
@@ -288,15 +350,43 @@ impl Checker<'_> {
         self.link_scale_factors(&mut pending);
         self.overlaps_agree(&pending);
         self.metrics_are_unique(&pending);
-        Profile {
+        let (points, facts) = pending.into_iter().map(|p| (p.point, p.facts)).unzip();
+        let profile = Profile {
             id,
             manufacturer: device.manufacturer.into_inner(),
             model: device.model.into_inner(),
             category,
             source: device.source.into_inner(),
             notes: device.notes,
+            rated_power_kw,
             limits,
-            points: pending.into_iter().map(|p| p.point).collect(),
+            points,
+        };
+        (profile, facts)
+    }
+
+    /// `rated_power = "22 kW"`: a number and a power unit, in kW.
+    fn rated_power(&mut self, raw: &Spanned<String>) -> Option<f64> {
+        let text = raw.get_ref().trim();
+        let split = text
+            .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '_'))
+            .unwrap_or(text.len());
+        let (number, unit) = text.split_at(split);
+        let value = number.replace('_', "").parse::<f64>().ok();
+        let conversion = units::conversion(unit.trim(), "kW");
+        match (value, conversion) {
+            (Some(v), Ok(c)) if v.is_finite() && v > 0.0 && !unit.trim().is_empty() => {
+                Some(c.apply(v))
+            }
+            _ => {
+                self.error(
+                    raw.span(),
+                    format!(
+                        "rated_power {text:?} is not a power; write a positive number and a unit, e.g. \"22 kW\" or \"6 MW\""
+                    ),
+                );
+                None
+            }
         }
     }
 
@@ -542,6 +632,12 @@ impl Checker<'_> {
                 not_available,
                 interval,
                 doc_ref: raw.doc_ref,
+            },
+            facts: PointFacts {
+                span: span.clone(),
+                unit_given: raw.unit.is_some(),
+                address: raw.address.as_ref().map(Spanned::span),
+                scale_factor: raw.scale_factor.as_ref().map(Spanned::span),
             },
             span,
             scale_factor: raw.scale_factor,

@@ -26,6 +26,9 @@ pub struct Profile {
     pub source: String,
     /// Free text for integrators: firmware needed, settings to enable, known gaps in the map.
     pub notes: Option<String>,
+    /// The device's rated power in kW (`[device] rated_power`), which the lint pass uses to
+    /// tell whether an energy counter wraps within a year.
+    pub rated_power_kw: Option<f64>,
     /// How the device may be read.
     pub limits: ReadLimits,
     /// The points, in file order.

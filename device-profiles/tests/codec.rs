@@ -98,6 +98,7 @@ fn profile(points: Vec<Pb>) -> Profile {
         category: Category::Other,
         source: "tests/codec.rs".to_owned(),
         notes: None,
+        rated_power_kw: None,
         limits: ReadLimits::default(),
         points,
     }

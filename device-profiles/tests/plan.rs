@@ -90,6 +90,7 @@ impl Builder {
             category: Category::Other,
             source: "tests/plan.rs".into(),
             notes: None,
+            rated_power_kw: None,
             limits: self.limits,
             points: self.points.clone(),
         }

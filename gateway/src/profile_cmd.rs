@@ -5,15 +5,17 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use fivezero_model::metric::CATALOGUE;
-use fivezero_profiles::{Profile, load_path, plan};
+use fivezero_profiles::{Profile, check_path, load_path, plan};
 
-/// Validates every profile under `paths`; exit 0 only if all are valid.
+/// Validates every profile under `paths`; exit 0 only if all are valid. Warnings of the lint
+/// pass (likely mistakes that are not errors) go to stderr as `file:line:column: warning: ...`
+/// and never change the exit status.
 pub(crate) fn check(paths: &[PathBuf]) -> ExitCode {
     let mut stdout = std::io::stdout().lock();
     let mut stderr = std::io::stderr().lock();
-    let (mut valid, mut refused) = (0usize, 0usize);
+    let (mut valid, mut refused, mut warned) = (0usize, 0usize, 0usize);
     for path in paths {
-        let loaded = match load_path(path) {
+        let loaded = match check_path(path) {
             Ok(loaded) => loaded,
             Err(d) => {
                 refused += 1;
@@ -27,9 +29,23 @@ pub(crate) fn check(paths: &[PathBuf]) -> ExitCode {
         }
         for (file, result) in loaded {
             match result {
-                Ok(profile) => {
+                Ok(checked) => {
                     valid += 1;
-                    let _ = writeln!(stdout, "{}: ok: {}", file.display(), summary(&profile));
+                    warned += checked.warnings.len();
+                    for w in &checked.warnings {
+                        let _ = writeln!(stderr, "{w}");
+                    }
+                    let warnings = match checked.warnings.len() {
+                        0 => String::new(),
+                        1 => ", 1 warning".to_owned(),
+                        n => format!(", {n} warnings"),
+                    };
+                    let _ = writeln!(
+                        stdout,
+                        "{}: ok: {}{warnings}",
+                        file.display(),
+                        summary(&checked.profile)
+                    );
                 }
                 Err(diagnostics) => {
                     refused += 1;
@@ -40,7 +56,10 @@ pub(crate) fn check(paths: &[PathBuf]) -> ExitCode {
             }
         }
     }
-    let _ = writeln!(stdout, "{valid} valid, {refused} refused");
+    let _ = writeln!(
+        stdout,
+        "{valid} valid ({warned} warnings), {refused} refused"
+    );
     if refused == 0 {
         ExitCode::SUCCESS
     } else {

@@ -97,7 +97,7 @@ fn an_out_of_range_address_fails_and_valid_files_beside_it_still_report() {
         "expected {expected:?} in:\n{stderr}"
     );
     assert!(stdout.contains("good.toml: ok:"), "{stdout}");
-    assert!(stdout.contains("1 valid, 1 refused"), "{stdout}");
+    assert!(stdout.contains("1 valid (5 warnings), 1 refused"), "{stdout}");
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -152,4 +152,54 @@ fn the_library_is_listed_with_manufacturer_category_and_source() {
         .filter(|l| !l.starts_with(' ') && !l.starts_with("id "))
         .count();
     assert_eq!(listed, shipped, "{stdout}");
+}
+
+#[test]
+fn a_likely_mistake_is_a_warning_with_file_and_line_and_the_check_still_passes() {
+    let dir = scratch("lint");
+    let file = dir.join("one-based.toml");
+    let text = r#"[device]
+manufacturer = "Acme"
+model = "Lint"
+category = "meter"
+source = "gateway/tests/profile_check.rs"
+
+[[point]]
+name = "temperature"
+metric = "flow.temperature"
+table = "input"
+address = 30001
+type = "i16"
+"#;
+    std::fs::write(&file, text).unwrap();
+    let out = gateway()
+        .args(["profile", "check"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let modicon = format!(
+        "{}:11:11: warning: point `temperature`: address 30001",
+        file.display()
+    );
+    assert!(
+        stderr.contains(&modicon),
+        "expected {modicon:?} in:\n{stderr}"
+    );
+    let no_unit = format!(
+        "{}:7:1: warning: point `temperature` has no `unit`",
+        file.display()
+    );
+    assert!(
+        stderr.contains(&no_unit),
+        "expected {no_unit:?} in:\n{stderr}"
+    );
+    assert!(stdout.contains(", 2 warnings"), "{stdout}");
+    assert!(
+        stdout.contains("1 valid (2 warnings), 0 refused"),
+        "{stdout}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
 }

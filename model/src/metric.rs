@@ -79,6 +79,8 @@ catalogue! {
     // Ambient conditions.
     "ambient.temperature", "°C", Gauge, "Outdoor air temperature.";
     // Biomass boiler.
+    "boiler.buffer_temperature", "°C", Gauge, "Heat buffer (accumulator) temperature, top sensor.";
+    "boiler.fan_speed", "rpm", Gauge, "Induced-draught (flue-gas) fan speed.";
     "boiler.flue_gas_flow", "Nm³/h", Gauge, "Flue gas volume flow leaving the boiler, at normal conditions.";
     "boiler.flue_gas_temperature", "°C", Gauge, "Flue gas temperature at the boiler outlet, before heat recovery.";
     "boiler.fuel_feed_mass", "t", Counter, "Total fuel fed to the boiler.";
@@ -106,6 +108,7 @@ catalogue! {
     "compressor.running_hours", "h", Counter, "Hours the motor has run.";
     // Device identity, reported with the gateway's status.
     "device.firmware_version", "", Info, "Firmware or software version text.";
+    "device.manufacturer", "", Info, "Manufacturer name reported by the device (SunSpec Mn).";
     "device.model_name", "", Info, "Model name reported by the device.";
     "device.serial_number", "", Info, "Serial number reported by the device.";
     // Electricity, at any metered point (grid connection, sub-meter, inverter AC side).
@@ -114,6 +117,7 @@ catalogue! {
     "electricity.active_power_l2", "kW", Gauge, "Active power of phase L2.";
     "electricity.active_power_l3", "kW", Gauge, "Active power of phase L3.";
     "electricity.apparent_power", "kVA", Gauge, "Total apparent power.";
+    "electricity.current", "A", Gauge, "Total AC current, the sum of the phase currents (SunSpec A).";
     "electricity.current_l1", "A", Gauge, "Current of phase L1.";
     "electricity.current_l2", "A", Gauge, "Current of phase L2.";
     "electricity.current_l3", "A", Gauge, "Current of phase L3.";
@@ -164,6 +168,7 @@ catalogue! {
     "fuel.natural_gas_volume", "Nm³", Counter, "Natural gas burned, at normal conditions.";
     // Heat meters (recovery loops, district heating, process heat).
     "heat.energy", "kWh", Counter, "Thermal energy totaliser.";
+    "heat.error_flags", "", State, "Heat meter error code or bits (labels in the profile).";
     "heat.flow_rate", "m³/h", Gauge, "Heat-carrier volume flow.";
     "heat.power", "kW", Gauge, "Thermal power.";
     "heat.return_temperature", "°C", Gauge, "Return (cold side) temperature.";
@@ -193,6 +198,7 @@ catalogue! {
     "sorting.running", "", State, "1 while the line runs, 0 when stopped.";
     "sorting.separation_rate", "%", Gauge, "Impurity separation rate reported by the line.";
     "sorting.stock_drawn_mass", "t", Counter, "Material drawn from stock into the line.";
+    "sorting.stock_drawn_rate", "t/h", Gauge, "Material flow drawn from stock into the line.";
     // Stack emissions (continuous emission monitoring).
     "stack.co_concentration", "mg/Nm³", Gauge, "CO concentration in the stack gas.";
     "stack.dust_concentration", "mg/Nm³", Gauge, "Particulate (dust) concentration in the stack gas.";

@@ -185,6 +185,12 @@ impl Model for Boiler {
                 104.0 + 1.5 * env.wobble(self.key ^ key!("return"), 1800.0)
             }
             "boiler.operating_hours" => self.hours,
+            // The induced-draught fan follows the firing rate.
+            "boiler.fan_speed" => 900.0 + 1800.0 * self.load(),
+            // The heat buffer's top sensor, a few kelvin below the boiler water.
+            "boiler.buffer_temperature" => {
+                t_sat(self.p_bar + 1.013) - 6.0 + env.wobble(self.key ^ key!("buffer"), 3600.0)
+            }
             "steam.generated_mass" => self.steam_t,
             "steam.flow_rate" => self.steam_tph(),
             _ => return None,
@@ -206,6 +212,8 @@ impl Model for Boiler {
             "boiler.water_temperature",
             "boiler.return_temperature",
             "boiler.operating_hours",
+            "boiler.fan_speed",
+            "boiler.buffer_temperature",
             "steam.generated_mass",
             "steam.flow_rate",
             "fuel.biomass_mass",

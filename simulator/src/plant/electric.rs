@@ -13,6 +13,7 @@ pub(crate) const AC_METRICS: &[&str] = &[
     "electricity.apparent_power",
     "electricity.reactive_power",
     "electricity.power_factor",
+    "electricity.current",
     "electricity.current_l1",
     "electricity.current_l2",
     "electricity.current_l3",
@@ -120,6 +121,7 @@ impl Ac {
                     self.p_kw / s
                 }
             }
+            "electricity.current" => self.current(0) + self.current(1) + self.current(2),
             "electricity.current_l1" => self.current(0),
             "electricity.current_l2" => self.current(1),
             "electricity.current_l3" => self.current(2),

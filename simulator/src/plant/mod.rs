@@ -21,7 +21,9 @@
 //! where a device that has run that long would be, so they are not zero (SunSpec's "not
 //! accumulated") at start, and two devices of one kind do not show the same totals.
 //!
-//! [`Physics::text`] answers `device.serial_number` = `SIM-<device>-<seed>`,
+//! [`Physics::value`] answers `device.serial_number` with an eight-digit number (for profiles whose
+//! serial register is numeric); [`Physics::text`] answers `device.manufacturer` = `fivezero simulator`,
+//! `device.serial_number` = `SIM-<device>-<seed>`,
 //! `device.model_name` = `SIM-<physics>` and `device.firmware_version` = `fivezero-sim <version>`.
 //! The module of each model (`src/plant/<model>.rs`) documents its physics and parameters.
 //!
@@ -35,7 +37,7 @@
 //!   ignition, 3 firing, 4 low fire, 5 burn-out, 6 fault, 7 maintenance; the model fires round
 //!   the clock and reports 3 or 4.
 //! - `boiler.running`, `compressor.running`, `compressor.loaded`, `sorting.running`: 1 / 0.
-//!   `compressor.alarm_flags`, `flow.error_flags`: 0.
+//!   `compressor.alarm_flags`, `flow.error_flags`, `heat.error_flags`: 0.
 //!
 //! Time advances in fixed steps of `scenario.step` from `site.start`; randomness (clouds, rain,
 //! vehicle arrivals, process swings, measurement noise) is hashed from (seed, stream, time) so
@@ -89,6 +91,7 @@ const LOADS: &[&str] = &["sorting_line", "compressor_station", "ev_charger", "bo
 
 /// Text metrics every device answers through [`Physics::text`].
 const INFO: &[&str] = &[
+    "device.manufacturer",
     "device.serial_number",
     "device.model_name",
     "device.firmware_version",
@@ -464,6 +467,13 @@ impl Physics for Plant {
         let d = self.devices.get(device)?;
         let x = if metric == "ambient.temperature" {
             self.env.ambient_c
+        } else if metric == "device.serial_number" {
+            // For profiles whose serial number register is a number: eight digits, fixed per
+            // device and seed.
+            #[allow(clippy::cast_precision_loss)] // Below 10^8: exact in f64.
+            let n = (d.key ^ self.site.seed.rotate_left(17)) % 90_000_000;
+            #[allow(clippy::cast_precision_loss)]
+            return Some(10_000_000.0 + n as f64);
         } else {
             d.model.value(&self.env, metric)?
         };
@@ -475,6 +485,7 @@ impl Physics for Plant {
         let d = self.devices.get(device)?;
         match metric {
             "device.serial_number" => Some(format!("SIM-{}-{}", d.name, self.site.seed)),
+            "device.manufacturer" => Some("fivezero simulator".to_owned()),
             "device.model_name" => Some(d.model_name.clone()),
             "device.firmware_version" => {
                 Some(format!("fivezero-sim {}", env!("CARGO_PKG_VERSION")))

@@ -99,6 +99,7 @@ impl Model for HeatRecovery {
             "heat.supply_temperature" => self.supply_c,
             "heat.return_temperature" => self.return_c,
             "heat.temperature_difference" => self.supply_c - self.return_c,
+            "heat.error_flags" => 0.0,
             _ => return None,
         })
     }
@@ -112,6 +113,7 @@ impl Model for HeatRecovery {
             "heat.supply_temperature",
             "heat.return_temperature",
             "heat.temperature_difference",
+            "heat.error_flags",
         ]
     }
 
