@@ -720,17 +720,41 @@ impl Buffer {
             .await
     }
 
-    /// Stores KPI records as one row, in one transaction, with their sequence numbers.
+    /// Stores KPI records as one row, in one transaction, with their sequence numbers, and
+    /// with them `engine_state` (the KPI engine's saved state, see [`Buffer::kpi_state`]): the
+    /// records of a window and the state that says the window is closed commit together, so
+    /// a crash can neither lose a window's records nor publish them twice.
     ///
     /// # Errors
     /// [`AppendError`]: nothing was stored and the records are counted as dropped.
-    pub async fn append_kpis(&self, records: &[KpiRecord]) -> Result<Appended, AppendError> {
+    pub async fn append_kpis(
+        &self,
+        records: &[KpiRecord],
+        engine_state: Option<Vec<u8>>,
+    ) -> Result<Appended, AppendError> {
         let count = u32::try_from(records.len()).unwrap_or(u32::MAX);
         if let Err(problem) = check_kpis(records, (self.clock())()) {
             return Err(self.refused(count, problem));
         }
-        self.append(writer::Item::Kpis(records.to_vec()), count)
+        self.append(writer::Item::Kpis(records.to_vec(), engine_state), count)
             .await
+    }
+
+    /// Stores the KPI engine's state on its own (periodically and at a clean stop).
+    ///
+    /// # Errors
+    /// The buffer is closed or the disk refused the write.
+    pub async fn save_kpi_state(&self, bytes: Vec<u8>) -> Result<(), OutboxError> {
+        self.call(|reply| writer::Command::SaveKpiState(bytes, reply))
+            .await?
+    }
+
+    /// The KPI engine's state last stored, with KPI records or on its own.
+    ///
+    /// # Errors
+    /// The buffer is closed or the database cannot be read.
+    pub async fn kpi_state(&self) -> Result<Option<Vec<u8>>, OutboxError> {
+        self.call(writer::Command::LoadKpiState).await?
     }
 
     fn clock(&self) -> Clock {

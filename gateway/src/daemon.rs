@@ -2,8 +2,9 @@
 //!
 //! ```text
 //! poller ──DeviceReadings (bounded)──▶ hand-over task ──append──▶ buffer (SQLite) ◀──Outbox── publisher ──▶ broker
-//!                                                                       ▲                          │
-//!                                                                       └──── sink's ack watermark ◀┘
+//!                                          │ committed cycles           ▲        ▲                 │
+//!                                          ▼ of devices with roles      │        └─ sink's ack watermark ◀┘
+//!                                      KPI task ──records + state──────┘
 //! ```
 //!
 //! Start-up: the config is validated (profiles included), the buffer opened (a new epoch when
@@ -13,7 +14,8 @@
 //!
 //! Shutdown on SIGTERM or SIGINT, within `gateway.shutdown_timeout`:
 //! 1. the poller stops at cycle boundaries; cycles in flight finish and are handed over;
-//! 2. the hand-over task commits everything it holds to the buffer;
+//! 2. the hand-over task commits everything it holds to the buffer; the KPI task takes the
+//!    last cycles, commits the records of windows already due and stores its state;
 //! 3. the publisher gets what is left of the deadline to publish what the broker will take,
 //!    then publishes the retained `offline` status and disconnects;
 //! 4. the buffer marks a clean stop and checkpoints its WAL.
@@ -21,6 +23,7 @@
 //! Nothing committed is lost by stopping early: what the broker did not acknowledge is
 //! published after the next start.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,8 +37,9 @@ use tracing::{error, info, warn};
 
 use crate::buffer::{Buffer, BufferOptions};
 use crate::config::Config;
+use crate::kpi::{self, task::Site};
 use crate::metrics::{self, DaemonCounts};
-use crate::poll::{self, DeviceReadings, HealthSnapshot, Poller};
+use crate::poll::{self, DeviceReadings, HealthSnapshot, Poller, SystemClock};
 use crate::publish::{PublishStats, Publisher, PublisherConfig};
 
 /// Readings the hand-over task received and the buffer refused.
@@ -93,9 +97,10 @@ pub async fn run(config: Config, stop: impl Future<Output = ()> + Send) -> anyho
     });
 
     let capacity = (config.devices.len() * 2).max(16);
+    let (kpi_tx, kpi_task) = start_kpis(&config, &buffer, capacity).await?;
     let (tx, rx) = mpsc::channel::<DeviceReadings>(capacity);
     let counts = Arc::new(HandOverCounts::default());
-    let hand_over = tokio::spawn(hand_over(rx, buffer.clone(), Arc::clone(&counts)));
+    let hand_over = tokio::spawn(hand_over(rx, buffer.clone(), Arc::clone(&counts), kpi_tx));
     let poller = poll::spawn(&config, tx);
 
     let metrics_task = match config.metrics.listen {
@@ -133,6 +138,9 @@ pub async fn run(config: Config, stop: impl Future<Output = ()> + Send) -> anyho
     let polling_done = async {
         poller.shutdown().await;
         let _ = hand_over.await;
+        if let Some(task) = kpi_task {
+            let _ = task.await;
+        }
     };
     if tokio::time::timeout_at(deadline, polling_done)
         .await
@@ -182,21 +190,68 @@ pub async fn run(config: Config, stop: impl Future<Output = ()> + Send) -> anyho
     Ok(())
 }
 
-/// Moves poll cycles into the buffer, counting what it refuses.
+/// Moves poll cycles into the buffer, counting what it refuses, and passes the committed
+/// cycles of devices with roles to the KPI task.
 async fn hand_over(
     mut rx: mpsc::Receiver<DeviceReadings>,
     buffer: Buffer,
     counts: Arc<HandOverCounts>,
+    kpis: Option<(mpsc::Sender<DeviceReadings>, Arc<HashSet<String>>)>,
 ) {
     while let Some(cycle) = rx.recv().await {
         let n = cycle.readings.len() as u64;
         counts.polled.fetch_add(n, Relaxed);
-        if let Err(e) = buffer.append_readings(&cycle).await {
-            counts.refused.fetch_add(u64::from(e.dropped()), Relaxed);
-            // The buffer counts the drop by reason and rate-limits its own ERROR lines.
-            tracing::debug!(device = %cycle.device, reason = e.reason(), "Cycle not committed.");
+        match buffer.append_readings(&cycle).await {
+            Ok(_) => {
+                if let Some((tx, devices)) = &kpis
+                    && devices.contains(&*cycle.device)
+                {
+                    // Only a stopped KPI task refuses, and then its state is already stored.
+                    let _ = tx.send(cycle).await;
+                }
+            }
+            Err(e) => {
+                counts.refused.fetch_add(u64::from(e.dropped()), Relaxed);
+                // The buffer counts the drop by reason and rate-limits its own ERROR lines.
+                tracing::debug!(device = %cycle.device, reason = e.reason(), "Cycle not committed.");
+            }
         }
     }
+}
+
+/// The KPI task handle and the hand-over's side of its channel, when the config computes KPIs.
+type KpiStart = (
+    Option<(mpsc::Sender<DeviceReadings>, Arc<HashSet<String>>)>,
+    Option<JoinHandle<()>>,
+);
+
+/// Builds the site's KPI engine from the stored state and starts its task.
+async fn start_kpis(config: &Config, buffer: &Buffer, capacity: usize) -> anyhow::Result<KpiStart> {
+    if config.kpi.groups.is_empty() {
+        return Ok((None, None));
+    }
+    let saved = buffer
+        .kpi_state()
+        .await
+        .context("reading the stored KPI state")?;
+    let Some(site) = Site::new(config, saved.as_deref()).context("building the KPI engine")? else {
+        return Ok((None, None));
+    };
+    let devices: HashSet<String> = config
+        .devices
+        .iter()
+        .filter(|d| site.wants(&d.name))
+        .map(|d| d.name.to_string())
+        .collect();
+    let (tx, rx) = mpsc::channel(capacity);
+    let task = tokio::spawn(kpi::task::run(
+        site,
+        buffer.clone(),
+        rx,
+        kpi::task::grace(config),
+        Arc::new(SystemClock),
+    ));
+    Ok((Some((tx, Arc::new(devices))), Some(task)))
 }
 
 /// Binds `GET /metrics` (Prometheus text format) and `GET /healthz`.

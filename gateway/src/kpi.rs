@@ -19,13 +19,17 @@
 //! The rules (rollover, reset, spike, gaps, boundary splitting, late readings) are written
 //! next to the code that keeps them: [`accumulate`] and [`engine`].
 //!
-//! Nothing here does I/O or reads the configuration; the daemon builds the specs from its
-//! device list and profiles ([`PointSpec::for_profile_point`]), feeds the engine from the
-//! poller's readings, calls `close_due` on a timer and stores the saved state.
+//! The engine itself does no I/O and reads no configuration. [`records`] turns a closed
+//! window into the site's KPI records from the roles of the configuration
+//! ([`crate::site`]); [`task`] is the daemon's task that builds the points from the devices'
+//! profiles, feeds the engine with every committed poll cycle, closes windows on the wall
+//! clock and commits their records and the engine's state to the buffer together.
 
 pub mod accumulate;
 pub mod engine;
+pub mod records;
 pub mod spec;
+pub mod task;
 pub mod window;
 
 pub use accumulate::PointSum;

@@ -641,6 +641,23 @@ pub const FACTORS: &[FactorInfo] = &[
         what: "net calorific value of the biomass burned (measured: it varies with moisture)",
         default: None,
     },
+    FactorInfo {
+        name: "biomass_co2",
+        unit: "kgCO2/TJ",
+        what: "CO2 factor of wood and wood waste, on NCV (biogenic: a memo item, not scope 1)",
+        default: Some((
+            112_000.0,
+            2006,
+            "IPCC",
+            "2006 Guidelines Vol. 2 Table 1.4, wood / wood waste",
+        )),
+    },
+    FactorInfo {
+        name: "flue_gas_cp",
+        unit: "kJ/(Nm³·K)",
+        what: "specific heat of the flue gas per normal cubic metre, for the heat left at the stack",
+        default: None,
+    },
 ];
 
 /// The factor called `name`, if there is one.

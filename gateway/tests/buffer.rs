@@ -151,7 +151,7 @@ async fn appends_get_contiguous_sequences_from_one_and_pending_returns_valid_bat
         .await
         .expect("append");
     let k = buffer
-        .append_kpis(&[kpi(T0 - 900_000), kpi(T0)])
+        .append_kpis(&[kpi(T0 - 900_000), kpi(T0)], None)
         .await
         .expect("kpis");
     let b = buffer
@@ -480,10 +480,7 @@ async fn the_epoch_rotates_after_a_reboot_following_an_unclean_normal_run() {
         vec![(first, 1, 5)]
     );
     covered(&out, clock.now());
-    buffer
-        .broker_acked(first, 1, 5)
-        .await
-        .expect("ack");
+    buffer.broker_acked(first, 1, 5).await.expect("ack");
     // `after` = 5 belonged to the old epoch; the new one is served from its start.
     let out = buffer.pending(5, big()).await.expect("pending");
     assert_eq!(
@@ -546,7 +543,7 @@ async fn the_byte_budget_evicts_the_oldest_readings_first_and_declares_every_evi
     o.max_bytes = 160 * 1024;
     o.synchronous = Synchronous::Normal;
     let buffer = Buffer::open(&dir, &o).expect("open");
-    buffer.append_kpis(&[kpi(T0)]).await.expect("kpi");
+    buffer.append_kpis(&[kpi(T0)], None).await.expect("kpi");
     let mut committed = 1;
     for i in 0..400 {
         let a = buffer
@@ -623,7 +620,7 @@ async fn kpi_rows_go_only_when_no_reading_row_is_left() {
     let buffer = Buffer::open(&dir, &o).expect("open");
     for i in 0..200 {
         buffer
-            .append_kpis(&[kpi(T0 + i * 900_000)])
+            .append_kpis(&[kpi(T0 + i * 900_000)], None)
             .await
             .expect("kpi");
     }
@@ -788,8 +785,8 @@ async fn input_the_sink_would_refuse_is_refused_and_counted() {
     }
     let mut k = kpi(T0);
     k.coverage = 2.0;
-    assert!(buffer.append_kpis(&[k]).await.is_err());
-    assert!(buffer.append_kpis(&[]).await.is_err());
+    assert!(buffer.append_kpis(&[k], None).await.is_err());
+    assert!(buffer.append_kpis(&[], None).await.is_err());
     let a = buffer
         .append_readings(&cycle(1, T0, 0))
         .await

@@ -187,7 +187,7 @@ impl Harness {
             Action::Append { n, kpi, salt } => {
                 let (appended, items) = if *kpi {
                     let k = kpis(*n, *salt);
-                    (self.buffer().append_kpis(&k).await, Items::Kpis(k))
+                    (self.buffer().append_kpis(&k, None).await, Items::Kpis(k))
                 } else {
                     let r = readings(*n, *salt);
                     let cycle = DeviceReadings {

@@ -97,7 +97,10 @@ fn an_out_of_range_address_fails_and_valid_files_beside_it_still_report() {
         "expected {expected:?} in:\n{stderr}"
     );
     assert!(stdout.contains("good.toml: ok:"), "{stdout}");
-    assert!(stdout.contains("1 valid (5 warnings), 1 refused"), "{stdout}");
+    assert!(
+        stdout.contains("1 valid (5 warnings), 1 refused"),
+        "{stdout}"
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }
 

@@ -891,3 +891,10 @@ pub fn compressed_air(window: &Window, s: &CompressedAirSums) -> KpiRecord {
 pub fn heat_kwh_to_tce(kwh: f64, f: &Factors) -> f64 {
     kwh * 3.6 * f.heat_kgce_per_mj.value / 1000.0
 }
+
+/// A metered quantity reported as it is, with no tier: EV charging energy, site consumption.
+/// Missing when its input is.
+#[must_use]
+pub fn reported(window: &Window, kpi: &str, unit: &str, sum: Option<Sum>) -> KpiRecord {
+    Builder { window }.quantity(kpi, unit, &[sum], sum.map(|s| s.value), &[], Vec::new())
+}

@@ -186,6 +186,25 @@ pub(crate) fn connect(
     Ok(conn)
 }
 
+/// The `meta` key of the KPI engine's state.
+const KPI_STATE: &str = "kpi_state";
+
+/// Stores the KPI engine's state in its own transaction.
+pub(crate) fn save_kpi_state(conn: &mut Connection, bytes: &[u8]) -> Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    meta_set(&tx, KPI_STATE, bytes)?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// The KPI engine's state last stored, if any.
+pub(crate) fn load_kpi_state(conn: &mut Connection) -> Result<Option<Vec<u8>>> {
+    let tx = conn.transaction()?;
+    let v = meta_get(&tx, KPI_STATE)?;
+    tx.commit()?;
+    Ok(v)
+}
+
 fn meta_get<T: rusqlite::types::FromSql>(tx: &Transaction<'_>, key: &str) -> Result<Option<T>> {
     Ok(tx
         .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
@@ -446,6 +465,8 @@ pub(crate) struct NewRow<'a> {
     pub(crate) payload: &'a [u8],
     /// Names first used by the payload, with their tentative ids.
     pub(crate) new_names: &'a [(u32, String)],
+    /// The KPI engine's state, stored in the same transaction (KPI rows only).
+    pub(crate) kpi_state: Option<&'a [u8]>,
 }
 
 /// What an append transaction did.
@@ -635,6 +656,9 @@ pub(crate) fn append(
     let id = tx.last_insert_rowid();
     tx.prepare_cached("UPDATE streams SET next_seq = ?1 WHERE id = ?2")?
         .execute(params![i64_of(last + 1, "next_seq")?, current.id])?;
+    if let Some(bytes) = new.kpi_state {
+        meta_set(&tx, KPI_STATE, bytes)?;
+    }
     tx.commit()?;
     Ok(Appended {
         row: RowHead {

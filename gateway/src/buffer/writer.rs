@@ -36,15 +36,15 @@ const WAL_TRUNCATE_EVERY_MS: i64 = 60_000;
 pub(crate) enum Item {
     /// One poll cycle.
     Readings(DeviceReadings),
-    /// KPI records.
-    Kpis(Vec<KpiRecord>),
+    /// KPI records, and the KPI engine's state to store in the same transaction.
+    Kpis(Vec<KpiRecord>, Option<Vec<u8>>),
 }
 
 impl Item {
     fn count(&self) -> u32 {
         let n = match self {
             Self::Readings(r) => r.readings.len(),
-            Self::Kpis(k) => k.len(),
+            Self::Kpis(k, _) => k.len(),
         };
         u32::try_from(n).unwrap_or(u32::MAX)
     }
@@ -64,6 +64,8 @@ pub(crate) enum Command {
     Maintain(Reply<()>),
     Replay(Reply<Result<(), OutboxError>>),
     Inventory(Reply<Result<store::Inventory, OutboxError>>),
+    SaveKpiState(Vec<u8>, Reply<Result<(), OutboxError>>),
+    LoadKpiState(Reply<Result<Option<Vec<u8>>, OutboxError>>),
     Close(Reply<()>),
 }
 
@@ -205,6 +207,18 @@ impl Writer {
                 let v = store::inventory(&self.conn).map_err(|e| storage(&e));
                 self.answer(reply, v);
             }
+            Command::SaveKpiState(bytes, reply) => {
+                let v = store::save_kpi_state(&mut self.conn, &bytes).map_err(|e| {
+                    self.rollback();
+                    OutboxError::Storage(e.to_string())
+                });
+                self.answer(reply, v);
+            }
+            Command::LoadKpiState(reply) => {
+                let v = store::load_kpi_state(&mut self.conn)
+                    .map_err(|e| OutboxError::Storage(e.to_string()));
+                self.answer(reply, v);
+            }
             Command::Close(reply) => {
                 let _ = reply.send(());
             }
@@ -233,7 +247,7 @@ impl Writer {
                     Kind::Readings,
                     codec::encode_readings(&r.device, &r.readings, &mut interner),
                 ),
-                Item::Kpis(k) => (Kind::Kpi, codec::encode_kpis(k)),
+                Item::Kpis(k, _) => (Kind::Kpi, codec::encode_kpis(k)),
             };
             (kind, payload, interner.into_new())
         };
@@ -242,6 +256,10 @@ impl Writer {
             count,
             payload: &payload,
             new_names: &new_names,
+            kpi_state: match &item {
+                Item::Kpis(_, state) => state.as_deref(),
+                Item::Readings(_) => None,
+            },
         };
         let mut result = store::append(&mut self.conn, &self.state, &self.path, &new, now);
         if matches!(result, Err(StoreError::OutOfStep)) {

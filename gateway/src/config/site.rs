@@ -19,8 +19,11 @@ const FUEL_FACTORS: &[(Role, &[&str])] = &[
         &["natural_gas_ncv", "natural_gas_co2"],
     ),
     (Role::FuelDiesel, &["diesel_ncv", "diesel_co2"]),
-    (Role::FuelBiomass, &["biomass_ncv"]),
+    (Role::FuelBiomass, &["biomass_ncv", "biomass_co2"]),
 ];
+
+/// KPI groups and the factors they cannot do without.
+const GROUP_FACTORS: &[(Group, &[&str])] = &[(Group::ZeroWasteHeat, &["flue_gas_cp"])];
 
 /// Builds the site model from `[kpi]` and the devices' roles. `devices` are the devices that
 /// passed validation, `raws` every device entry, in file order.
@@ -115,6 +118,21 @@ pub(super) fn kpi(
                 let unit = factor_info(name).map_or("", |f| f.unit);
                 problems.push(format!(
                     "kpi: a device feeds {role}, so [kpi.factors.{name}] is required \
+                     (value in {unit}, year, publisher, document): the reference has no default"
+                ));
+            }
+        }
+    }
+
+    for (group, needed) in GROUP_FACTORS {
+        if !groups.contains(group) {
+            continue;
+        }
+        for name in *needed {
+            if !factors.contains_key(name) {
+                let unit = factor_info(name).map_or("", |f| f.unit);
+                problems.push(format!(
+                    "kpi: {group} is computed, so [kpi.factors.{name}] is required \
                      (value in {unit}, year, publisher, document): the reference has no default"
                 ));
             }
