@@ -26,8 +26,8 @@
 use std::collections::HashSet;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -97,7 +97,9 @@ pub async fn run(config: Config, stop: impl Future<Output = ()> + Send) -> anyho
     });
 
     let capacity = (config.devices.len() * 2).max(16);
-    let (kpi_tx, kpi_task) = start_kpis(&config, &buffer, capacity).await?;
+    let kpi_figures = kpi::task::SharedFigures::default();
+    let (kpi_tx, kpi_task) =
+        start_kpis(&config, &buffer, capacity, Arc::clone(&kpi_figures)).await?;
     let (tx, rx) = mpsc::channel::<DeviceReadings>(capacity);
     let counts = Arc::new(HandOverCounts::default());
     let hand_over = tokio::spawn(hand_over(rx, buffer.clone(), Arc::clone(&counts), kpi_tx));
@@ -105,9 +107,16 @@ pub async fn run(config: Config, stop: impl Future<Output = ()> + Send) -> anyho
 
     let metrics_task = match config.metrics.listen {
         Some(addr) => Some(
-            serve_metrics(addr, &poller, &buffer, &publish_stats, &counts)
-                .await
-                .with_context(|| format!("binding the metrics endpoint on {addr}"))?,
+            serve_metrics(
+                addr,
+                &poller,
+                &buffer,
+                &publish_stats,
+                &counts,
+                kpi_task.as_ref().map(|_| Arc::clone(&kpi_figures)),
+            )
+            .await
+            .with_context(|| format!("binding the metrics endpoint on {addr}"))?,
         ),
         None => None,
     };
@@ -226,7 +235,12 @@ type KpiStart = (
 );
 
 /// Builds the site's KPI engine from the stored state and starts its task.
-async fn start_kpis(config: &Config, buffer: &Buffer, capacity: usize) -> anyhow::Result<KpiStart> {
+async fn start_kpis(
+    config: &Config,
+    buffer: &Buffer,
+    capacity: usize,
+    figures: kpi::task::SharedFigures,
+) -> anyhow::Result<KpiStart> {
     if config.kpi.groups.is_empty() {
         return Ok((None, None));
     }
@@ -250,6 +264,7 @@ async fn start_kpis(config: &Config, buffer: &Buffer, capacity: usize) -> anyhow
         rx,
         kpi::task::grace(config),
         Arc::new(SystemClock),
+        figures,
     ));
     Ok((Some((tx, Arc::new(devices))), Some(task)))
 }
@@ -261,6 +276,7 @@ async fn serve_metrics(
     buffer: &Buffer,
     publish: &PublishStats,
     counts: &Arc<HandOverCounts>,
+    kpi: Option<kpi::task::SharedFigures>,
 ) -> std::io::Result<JoinHandle<()>> {
     use axum::routing::get;
 
@@ -278,6 +294,9 @@ async fn serve_metrics(
             DaemonCounts {
                 polled_readings: counts.polled.load(Relaxed),
                 refused_readings: counts.refused.load(Relaxed),
+                kpi: kpi
+                    .as_ref()
+                    .map(|f| *f.lock().unwrap_or_else(PoisonError::into_inner)),
             },
         )
     };

@@ -20,16 +20,20 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use crate::buffer::Stats;
+use crate::kpi::task::Figures;
 use crate::poll::HealthSnapshot;
 use crate::publish::StatsSnapshot;
 
-/// Counts the daemon keeps itself (readings in and out of the hand-over to the buffer).
+/// Counts the daemon keeps itself (readings in and out of the hand-over to the buffer) and
+/// the KPI task's figures when it runs.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct DaemonCounts {
     /// Readings received from the poller.
     pub polled_readings: u64,
     /// Readings the buffer refused (counted by reason in the buffer's counters).
     pub refused_readings: u64,
+    /// The KPI task's figures, when KPIs are computed.
+    pub kpi: Option<Figures>,
 }
 
 type Labels = Vec<(&'static str, String)>;
@@ -331,10 +335,56 @@ pub fn render(
         as_f64(publish.in_flight),
     );
 
+    if let Some(k) = daemon.kpi {
+        kpi(&mut r, &k);
+    }
+
     let mut out = String::new();
     if encode(&mut out, &r).is_err() {
         out.clear();
         let _ = writeln!(out, "# encoding failed");
     }
     out
+}
+
+/// The KPI task's figures: readings by what the engine did with them, windows, records.
+fn kpi(r: &mut Registry, k: &Figures) {
+    let readings = Family::<Labels, Counter>::default();
+    let e = &k.engine;
+    for (outcome, n) in [
+        ("accepted", e.accepted),
+        ("missing", e.missing),
+        ("late", e.late),
+        ("out_of_order", e.out_of_order),
+        ("too_far_ahead", e.too_far_ahead),
+        ("out_of_range", e.out_of_range),
+        ("not_configured", e.not_configured),
+    ] {
+        readings
+            .get_or_create(&vec![("outcome", outcome.to_owned())])
+            .inc_by(n);
+    }
+    r.register(
+        "kpi_readings",
+        "Readings the KPI engine took, by what it did with them (kept across restarts)",
+        readings,
+    );
+    counter(
+        r,
+        "kpi_windows_closed",
+        "KPI windows closed since the start",
+        k.windows_closed,
+    );
+    let records = Family::<Labels, Counter>::default();
+    records
+        .get_or_create(&vec![("outcome", "committed".to_owned())])
+        .inc_by(k.records_committed);
+    records
+        .get_or_create(&vec![("outcome", "dropped".to_owned())])
+        .inc_by(k.records_dropped);
+    r.register(
+        "kpi_records",
+        "KPI records committed to the buffer or refused by it, since the start",
+        records,
+    );
 }

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use fivezero_gateway::buffer::{Buffer, BufferOptions};
+use fivezero_gateway::kpi::task::Figures;
 use fivezero_gateway::metrics::{DaemonCounts, render};
 use fivezero_gateway::poll::DeviceReadings;
 use fivezero_gateway::publish::StatsSnapshot;
@@ -44,6 +45,11 @@ async fn committed_readings_and_drop_reasons_appear_in_the_exposition() {
         DaemonCounts {
             polled_readings: 3,
             refused_readings: 0,
+            kpi: Some(Figures {
+                windows_closed: 3,
+                records_committed: 12,
+                ..Figures::default()
+            }),
         },
     );
     for line in [
@@ -54,6 +60,9 @@ async fn committed_readings_and_drop_reasons_appear_in_the_exposition() {
         "fivezero_readings_dropped_total{intentional=\"false\",reason=\"disk_full\"} 0",
         "fivezero_readings_dropped_total{intentional=\"true\",reason=\"buffer_full\"} 0",
         "fivezero_mqtt_connected 0.0",
+        "fivezero_kpi_windows_closed_total 3",
+        "fivezero_kpi_records_total{outcome=\"committed\"} 12",
+        "fivezero_kpi_readings_total{outcome=\"late\"} 0",
     ] {
         assert!(
             text.lines().any(|l| l == line),

@@ -15,7 +15,7 @@
 //! as late and left out.
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use fivezero_model::wire::{KpiRecord, Reading};
@@ -33,6 +33,22 @@ use crate::site::Measure;
 
 /// How often the engine's state is stored when no window closes.
 pub const SAVE_EVERY: Duration = Duration::from_secs(60);
+
+/// What the KPI task has done, for the metrics endpoint.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Figures {
+    /// The engine's counters (kept across restarts).
+    pub engine: Stats,
+    /// Windows closed since the start.
+    pub windows_closed: u64,
+    /// KPI records committed to the buffer since the start.
+    pub records_committed: u64,
+    /// KPI records the buffer refused since the start (counted by reason there too).
+    pub records_dropped: u64,
+}
+
+/// [`Figures`] shared with the metrics endpoint.
+pub type SharedFigures = Arc<Mutex<Figures>>;
 
 /// The site's engine with what the records need beyond it.
 #[derive(Debug)]
@@ -118,11 +134,18 @@ impl Site {
     /// The records of every window that ended at or before `now_ms`, in the order the windows
     /// ended.
     pub fn close_due(&mut self, now_ms: i64) -> Vec<KpiRecord> {
+        self.close_due_counted(now_ms).0
+    }
+
+    /// As [`Site::close_due`], with the number of windows closed.
+    fn close_due_counted(&mut self, now_ms: i64) -> (Vec<KpiRecord>, u64) {
         let mut out = Vec::new();
-        for window in self.engine.close_due(now_ms) {
+        let windows = self.engine.close_due(now_ms);
+        let n = windows.len() as u64;
+        for window in windows {
             out.extend(records::records(&window, &self.kpi, &mut self.marks));
         }
-        out
+        (out, n)
     }
 
     /// When the next window ends, once known.
@@ -208,13 +231,15 @@ pub fn grace(config: &Config) -> Duration {
         + Duration::from_secs(2)
 }
 
-/// Runs until `rx` closes (the hand-over stopped), then stores the state.
+/// Runs until `rx` closes (the hand-over stopped), then stores the state; keeps `figures`
+/// up to date.
 pub async fn run(
     mut site: Site,
     buffer: Buffer,
     mut rx: mpsc::Receiver<DeviceReadings>,
     grace: Duration,
     clock: Arc<dyn Clock>,
+    figures: SharedFigures,
 ) {
     let grace_ms = i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
     let mut save_tick = tokio::time::interval(SAVE_EVERY);
@@ -232,23 +257,34 @@ pub async fn run(
         });
         tokio::select! {
             cycle = rx.recv() => match cycle {
-                Some(cycle) => site.ingest(&cycle.readings),
+                Some(cycle) => {
+                    site.ingest(&cycle.readings);
+                    update(&figures, |f| f.engine = site.stats());
+                }
                 None => break,
             },
             () = tokio::time::sleep(due_in) => {
-                close(&mut site, &buffer, clock.now_ms() - grace_ms).await;
+                close(&mut site, &buffer, clock.now_ms() - grace_ms, &figures).await;
             }
             _ = save_tick.tick() => save(&site, &buffer).await,
         }
     }
-    close(&mut site, &buffer, clock.now_ms() - grace_ms).await;
+    close(&mut site, &buffer, clock.now_ms() - grace_ms, &figures).await;
     save(&site, &buffer).await;
     info!(stats = ?site.stats(), "KPI engine stopped; its state is stored.");
 }
 
+fn update(figures: &SharedFigures, f: impl FnOnce(&mut Figures)) {
+    f(&mut figures.lock().unwrap_or_else(PoisonError::into_inner));
+}
+
 /// Closes what is due and commits the records with the state.
-async fn close(site: &mut Site, buffer: &Buffer, now_ms: i64) {
-    let records = site.close_due(now_ms);
+async fn close(site: &mut Site, buffer: &Buffer, now_ms: i64, figures: &SharedFigures) {
+    let (records, windows) = site.close_due_counted(now_ms);
+    update(figures, |f| {
+        f.windows_closed += windows;
+        f.engine = site.stats();
+    });
     if records.is_empty() {
         return;
     }
@@ -261,17 +297,23 @@ async fn close(site: &mut Site, buffer: &Buffer, now_ms: i64) {
     };
     let n = records.len();
     match buffer.append_kpis(&records, state).await {
-        Ok(a) => debug!(
-            records = n,
-            first_seq = a.first_seq,
-            "KPI records committed."
-        ),
-        // The buffer counts the drop by reason and logs it.
-        Err(e) => warn!(
-            records = n,
-            reason = e.reason(),
-            "KPI records not committed."
-        ),
+        Ok(a) => {
+            update(figures, |f| f.records_committed += n as u64);
+            debug!(
+                records = n,
+                first_seq = a.first_seq,
+                "KPI records committed."
+            );
+        }
+        Err(e) => {
+            update(figures, |f| f.records_dropped += n as u64);
+            // The buffer counts the drop by reason and logs it.
+            warn!(
+                records = n,
+                reason = e.reason(),
+                "KPI records not committed."
+            );
+        }
     }
 }
 
