@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use fivezero_gateway::buffer::{Buffer, BufferOptions};
 use fivezero_gateway::config::Config;
+use fivezero_gateway::daemon::Shutdown;
 use tracing_subscriber::EnvFilter;
 
 /// Logs to stderr (journald picks it up under systemd); `FIVEZERO_LOG` or `RUST_LOG` filter,
@@ -28,7 +29,50 @@ fn load(file: &Path) -> Result<Config, ExitCode> {
     })
 }
 
-/// Runs the daemon until SIGTERM or SIGINT.
+/// Waits for SIGTERM or SIGINT (stop), or for a SIGHUP with a valid configuration in `file`
+/// (reload, with the new configuration in `new`). A SIGHUP whose configuration is refused is
+/// logged with every problem, and the running configuration is kept.
+async fn signals(file: &Path, new: &mut Option<Config>) -> Shutdown {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (mut term, mut hup) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) {
+        (Ok(t), Ok(h)) => (t, h),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!(error = %e, "Cannot listen for SIGTERM and SIGHUP; stop with Ctrl-C.");
+            let _ = tokio::signal::ctrl_c().await;
+            return Shutdown::Stop;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => {
+                tracing::info!("SIGTERM received.");
+                return Shutdown::Stop;
+            }
+            _ = tokio::signal::ctrl_c() => {
+                tracing::info!("SIGINT received.");
+                return Shutdown::Stop;
+            }
+            _ = hup.recv() => match Config::load(file) {
+                Ok(config) => {
+                    tracing::info!(file = %file.display(), "SIGHUP: the new configuration is valid; restarting with it.");
+                    *new = Some(config);
+                    return Shutdown::Reload;
+                }
+                Err(e) => {
+                    for line in e.lines() {
+                        tracing::error!("{line}");
+                    }
+                    tracing::error!(file = %file.display(), "SIGHUP: the new configuration is refused; the running one is kept.");
+                }
+            },
+        }
+    }
+}
+
+/// Runs the daemon until SIGTERM or SIGINT; SIGHUP reloads the configuration.
 pub(crate) fn run(file: &Path) -> ExitCode {
     let config = match load(file) {
         Ok(c) => c,
@@ -46,22 +90,15 @@ pub(crate) fn run(file: &Path) -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        let stop = async {
-            let mut term =
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::error!(error = %e, "Cannot listen for SIGTERM; stop with Ctrl-C.");
-                        let _ = tokio::signal::ctrl_c().await;
-                        return;
-                    }
-                };
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM received."),
-                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received."),
+        let mut config = config;
+        loop {
+            let mut new = None;
+            let why = fivezero_gateway::daemon::serve(config, signals(file, &mut new)).await?;
+            match (why, new) {
+                (Shutdown::Reload, Some(next)) => config = next,
+                _ => return Ok::<(), anyhow::Error>(()),
             }
-        };
-        fivezero_gateway::daemon::run(config, stop).await
+        }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -49,12 +49,39 @@ struct HandOverCounts {
     refused: AtomicU64,
 }
 
+/// Why [`serve`] stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shutdown {
+    /// For good (SIGTERM, SIGINT): systemd is told `STOPPING=1`.
+    Stop,
+    /// To start again with a new configuration (SIGHUP): systemd is told `RELOADING=1`, and
+    /// `READY=1` once the new one runs.
+    Reload,
+}
+
 /// Runs the gateway until `stop` completes (the binary passes SIGTERM/SIGINT).
 ///
 /// # Errors
 /// Start-up failures that need an operator: the buffer cannot be opened, the metrics address
 /// is taken, the MQTT credentials or certificates cannot be read.
 pub async fn run(config: Config, stop: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+    serve(config, async {
+        stop.await;
+        Shutdown::Stop
+    })
+    .await
+    .map(|_| ())
+}
+
+/// As [`run`], stopping when `stop` says why; returns that reason once everything is
+/// committed, flushed and closed, so a reload starts from a clean stop.
+///
+/// # Errors
+/// As [`run`].
+pub async fn serve(
+    config: Config,
+    stop: impl Future<Output = Shutdown> + Send,
+) -> anyhow::Result<Shutdown> {
     let config = Arc::new(config);
     let buffer_options = BufferOptions::from_config(&config.gateway, &config.buffer);
     let buffer = Buffer::open(&config.gateway.state_dir, &buffer_options).with_context(|| {
@@ -138,9 +165,12 @@ pub async fn run(config: Config, stop: impl Future<Output = ()> + Send) -> anyho
         "Gateway running."
     );
 
-    stop.await;
-    info!("Stopping: finishing the cycles in flight.");
-    notify_systemd(&[sd_notify::NotifyState::Stopping]);
+    let why = stop.await;
+    info!(reason = ?why, "Stopping: finishing the cycles in flight.");
+    match why {
+        Shutdown::Stop => notify_systemd(&[sd_notify::NotifyState::Stopping]),
+        Shutdown::Reload => notify_systemd(&[sd_notify::NotifyState::Reloading]),
+    }
     let deadline = tokio::time::Instant::now() + config.gateway.shutdown_timeout;
 
     // 1–2: stop polling, commit what is in hand.
@@ -196,7 +226,7 @@ pub async fn run(config: Config, stop: impl Future<Output = ()> + Send) -> anyho
         backlog,
         "Gateway stopped; the backlog is published after the next start."
     );
-    Ok(())
+    Ok(why)
 }
 
 /// Moves poll cycles into the buffer, counting what it refuses, and passes the committed
