@@ -110,7 +110,9 @@
 //! when that one directly precedes it, has the same reason and was never handed out. Gaps are
 //! published by [`Outbox::pending_gaps`] and counted in [`Counters`] as intentional drops.
 //! Gap rows are never evicted. The database file never shrinks (no VACUUM): freed pages are
-//! reused.
+//! reused. The oldest rows go first whether or not they were already published: a row the
+//! sink has not acknowledged may have reached it or not, so its gap may cover readings the
+//! sink holds, which keep precedence there (see `wire::Gap`).
 //!
 //! # Full or failing disk
 //!

@@ -503,8 +503,11 @@ pub enum GapReason {
 }
 
 /// A declared gap: sequences `first_seq ..= first_seq + count - 1` of one stream were evicted
-/// and will never be sent. Published on `…/gaps`; the sink counts them as intentional drops and
-/// lets its watermark pass over them.
+/// from the gateway's buffer and will never be sent (again). Published on `…/gaps`; the sink
+/// lets its watermark pass over them, and counts as intentional drops only those it does not
+/// hold: an evicted row may already have been published and stored (the budget evicts the
+/// oldest rows the sink has not yet acknowledged, whether or not they were sent), and a
+/// stored reading always wins over a gap that covers it.
 ///
 /// Unlike a batch, a gap's `count` is not capped at [`MAX_BATCH_READINGS`]: one eviction can
 /// drop many batches at once, and a gap carries no per-sequence payload.

@@ -519,7 +519,13 @@ impl State {
         fresh.disk = self.disk;
         fresh.served_stream = if keep_acks { self.served_stream } else { None };
         fresh.gaps_handed_out = std::mem::take(&mut self.gaps_handed_out);
-        fresh.gaps_confirmed = std::mem::take(&mut self.gaps_confirmed);
+        // A replay forgets the broker's acknowledgements of gap notices too: a broker that lost
+        // a notice it acknowledged gets it again, as it gets the rows again.
+        fresh.gaps_confirmed = if keep_acks {
+            std::mem::take(&mut self.gaps_confirmed)
+        } else {
+            BTreeSet::new()
+        };
         fresh.rate = self.rate;
         *self = fresh;
     }
@@ -1258,5 +1264,20 @@ mod tests {
         s.reload(live, Vec::new(), s.totals(), None, false);
         assert_eq!(s.current().backlog(), 7);
         assert_eq!(s.pending_scan(0), Some((1, E1, 4)));
+    }
+
+    #[test]
+    fn a_replay_forgets_the_brokers_acknowledgements_of_gap_notices() {
+        let mut s = state(RetainUntil::SinkAck);
+        assert_eq!(s.on_gap_published(7), GapDone::Keep);
+        assert!(s.gap_confirmed(7));
+        let live = loaded(1, E1, 1, &[]);
+        s.reload(live.clone(), Vec::new(), s.totals(), None, true);
+        assert!(s.gap_confirmed(7), "a reload after an unsure write keeps it");
+        s.reload(live, Vec::new(), s.totals(), None, false);
+        assert!(
+            !s.gap_confirmed(7),
+            "a replay sends the notice again, as a broker may have lost it"
+        );
     }
 }
