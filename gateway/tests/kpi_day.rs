@@ -1,34 +1,45 @@
 //! A simulated day of the Green Sail park through the gateway's KPI path, against KPIs
-//! computed independently from the same raw readings.
+//! computed independently from the raw readings a subscriber received.
 //!
 //! The simulator's physics (`fivezero_sim::plant::Plant`, the model the simulator serves) is
 //! stepped through midsummer day 2026-06-21 in Asia/Shanghai in simulated time, and every
-//! point a role uses is sampled at its poll interval as the poller would decode it (values
-//! in canonical units; the Modbus leg is covered by the poller's tests, rollover by the
-//! engine's). The readings go into the daemon's [`Site`] with a gateway config that gives the
-//! park's devices their roles; the records of the windows it closes are committed to a real
-//! buffer with the engine state, and read back as the publisher sends them (the encoded
-//! `KpiBatch`). Then:
+//! point a role uses is sampled at its poll interval as the poller would decode it (values in
+//! canonical units; the Modbus leg is covered by the poller's tests, rollover by the engine's).
+//! Each poll cycle is committed to a real buffer and then given to the daemon's [`Site`], as
+//! the daemon's hand-over does; the records of the windows it closes are committed with the
+//! engine state, as the KPI task does. The gateway's publisher then sends the buffer to the
+//! machine's Mosquitto (`FIVEZERO_TEST_MQTT`) and a subscriber takes every batch and KPI batch
+//! (without the variable, the messages are read from the buffer as the publisher sends them).
+//! Then:
 //!
-//! - the day's published KPIs equal those computed here from the raw readings by plain
-//!   arithmetic (counter = last − first, rates and means by the trapezoid rule), to 1e-9;
+//! - every reading arrives, and the day's published KPIs equal those computed here from the
+//!   readings received, by plain arithmetic (counter = last − first, rates and means by the
+//!   trapezoid rule), to 1e-9;
 //! - they sit near the reference park's figures: total recovery ≈ 98–99 %, flue gas exit
 //!   ≈ 40 °C, heat recovery ≈ 90 %, and each tier judged;
 //! - the 96 quarter hours and 24 hours of the day add up to the day's numerators and
 //!   denominators (the sink recomputes ranges this way, never averaging ratios);
-//! - a restart in the middle of a window (state stored in the buffer, engine rebuilt from it)
-//!   gives exactly the same records.
+//! - a restart in the middle of a window (state saved, engine rebuilt from it) gives exactly
+//!   the same records.
 
 mod common;
 
+#[path = "common/publish_kit.rs"]
+mod kit;
+
 use std::collections::BTreeMap;
 
+use std::time::Duration;
+
 use fivezero_gateway::buffer::{Buffer, BufferOptions};
-use fivezero_gateway::config::Config;
+use fivezero_gateway::config::{Config, MqttUrl, Synchronous};
 use fivezero_gateway::kpi::task::{Site, specs};
 use fivezero_gateway::kpi::{Accumulation, PointSpec};
 use fivezero_gateway::outbox::{Limits, Outbox};
+use fivezero_gateway::poll::DeviceReadings;
+use fivezero_gateway::publish::{Publisher, PublisherConfig};
 use fivezero_model::topic::TopicKind;
+use fivezero_model::topic::Topics;
 use fivezero_model::wire::{
     self, KpiQuality, KpiRecord, Period, Quality, Reading, TierOutcome, Value,
 };
@@ -229,6 +240,98 @@ fn day_records(records: &[KpiRecord]) -> BTreeMap<&str, &KpiRecord> {
         .collect()
 }
 
+/// The readings and KPI records of every message the buffer hands the publisher, in sequence
+/// order.
+async fn from_buffer(buffer: &Buffer) -> (Vec<Reading>, Vec<KpiRecord>) {
+    let mut messages = Vec::new();
+    let mut after = 0;
+    loop {
+        let out = buffer
+            .pending(
+                after,
+                Limits {
+                    messages: 100,
+                    items_per_message: 10_000,
+                    bytes_per_message: 16 << 20,
+                },
+            )
+            .await
+            .expect("pending");
+        let Some(last) = out.last() else {
+            break;
+        };
+        after = last.last_seq();
+        messages.extend(out.into_iter().map(|m| (m.kind, m.payload)));
+    }
+    decode(messages)
+}
+
+/// The same, from a subscriber on the batches and kpi topics while the publisher sends the
+/// buffer to the machine's Mosquitto.
+async fn over_mqtt(buffer: &Buffer, url: MqttUrl) -> (Vec<Reading>, Vec<KpiRecord>) {
+    let committed = buffer.stats().committed_seq;
+    let topics = Topics::new(
+        &kit::unique_prefix(),
+        "qingdao-greensail",
+        &format!("gw-kpi-day-{:08x}", rand::random::<u32>()),
+    )
+    .unwrap();
+    let (batches, kpis) = (topics.batches().to_owned(), topics.kpi().to_owned());
+    let mut probe = kit::Probe::start(&url, &[batches.clone(), kpis.clone()]).await;
+    let publisher = Publisher::new(PublisherConfig::new(topics.clone(), url), buffer.clone());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(publisher.run(async move {
+        let _ = stop_rx.await;
+    }));
+    let mut seen = std::collections::BTreeSet::new();
+    let mut messages = Vec::new();
+    while kit::contiguous(&seen) < committed {
+        let m = probe
+            .next(Duration::from_secs(60))
+            .await
+            .unwrap_or_else(|| panic!("sequences stopped at {}", kit::contiguous(&seen)));
+        let kind = if m.topic == batches {
+            let b = wire::decode_batch(&m.payload).expect("a batch");
+            seen.extend(b.first_seq..b.first_seq + u64::from(b.count));
+            TopicKind::Batches
+        } else if m.topic == kpis {
+            let b = wire::decode_kpi_batch(&m.payload).expect("a KPI batch");
+            seen.extend(b.first_seq..b.first_seq + u64::from(b.count));
+            TopicKind::Kpi
+        } else {
+            continue;
+        };
+        messages.push((kind, m.payload));
+    }
+    let _ = stop_tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(20), running).await;
+    probe.publish_retained(topics.status(), Vec::new()).await;
+    decode(messages)
+}
+
+/// Readings and records by sequence, each sequence once.
+fn decode(messages: Vec<(TopicKind, Vec<u8>)>) -> (Vec<Reading>, Vec<KpiRecord>) {
+    let mut readings = BTreeMap::new();
+    let mut records = BTreeMap::new();
+    for (kind, payload) in messages {
+        match kind {
+            TopicKind::Batches => {
+                let b = wire::decode_batch(&payload).expect("a batch");
+                readings.extend((b.first_seq..).zip(b.readings));
+            }
+            TopicKind::Kpi => {
+                let b = wire::decode_kpi_batch(&payload).expect("a KPI batch");
+                records.extend((b.first_seq..).zip(b.records));
+            }
+            other => panic!("a message of kind {other:?}"),
+        }
+    }
+    (
+        readings.into_values().collect(),
+        records.into_values().collect(),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_simulated_day_gives_the_kpis_computed_independently_and_the_reference_figures() {
     let scenario = scenario();
@@ -236,42 +339,82 @@ async fn a_simulated_day_gives_the_kpis_computed_independently_and_the_reference
     let specs = specs(&config).expect("specs");
     let raw = readings(&scenario, &specs);
 
-    // When the day goes through the site and its records through the buffer
-    let (records, state) = run(&config, &raw, None);
+    // When the day's poll cycles are committed to a buffer, the site takes each committed
+    // cycle as the daemon's hand-over gives it, and the records of the windows it closes are
+    // committed with its state, as the daemon's KPI task does
     let dir = common::scratch("kpi-day-buffer");
-    let options = BufferOptions::from_config(&config.gateway, &config.buffer);
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut options = BufferOptions::from_config(&config.gateway, &config.buffer);
+    options.max_age = Duration::from_secs(400 * 86_400); // The day is in June.
+    options.synchronous = Synchronous::Normal;
     let buffer = Buffer::open(&dir, &options).expect("buffer");
-    buffer
-        .append_kpis(&records, Some(state.clone()))
-        .await
-        .expect("the records commit");
+    let mut site = Site::new(&config, None)
+        .unwrap()
+        .expect("KPIs are computed");
+    let mut closed = Vec::new();
+    let mut instants: BTreeMap<i64, BTreeMap<&str, Vec<Reading>>> = BTreeMap::new();
+    for r in &raw {
+        instants
+            .entry(r.ts)
+            .or_default()
+            .entry(r.device.as_str())
+            .or_default()
+            .push(r.clone());
+    }
+    for (ts, cycles) in instants {
+        let records = site.close_due(ts - 1);
+        if !records.is_empty() {
+            let state = site.save().expect("save");
+            buffer
+                .append_kpis(&records, Some(state))
+                .await
+                .expect("the records commit");
+            closed.extend(records);
+        }
+        for (device, readings) in cycles {
+            let cycle = DeviceReadings {
+                device: device.into(),
+                ts_ms: ts,
+                cycle: 0,
+                readings,
+            };
+            buffer
+                .append_readings(&cycle)
+                .await
+                .expect("the cycle commits");
+            site.ingest(&cycle.readings);
+        }
+    }
+    let records = site.close_due(DAY_START + DAY_MS + STEP_MS);
+    let state = site.save().expect("save");
+    if records.is_empty() {
+        buffer.save_kpi_state(state.clone()).await.expect("state");
+    } else {
+        buffer
+            .append_kpis(&records, Some(state.clone()))
+            .await
+            .expect("the records commit");
+        closed.extend(records);
+    }
     assert_eq!(
         buffer.kpi_state().await.expect("state"),
         Some(state),
-        "the state commits with them"
+        "the state commits with the records"
     );
-    let out = buffer
-        .pending(
-            0,
-            Limits {
-                messages: 100,
-                items_per_message: 10_000,
-                bytes_per_message: 16 << 20,
-            },
-        )
-        .await
-        .expect("pending");
-    let mut published = Vec::new();
-    for m in out {
-        assert_eq!(m.kind, TopicKind::Kpi);
-        published.extend(
-            wire::decode_kpi_batch(&m.payload)
-                .expect("a valid KPI batch")
-                .records,
-        );
-    }
+    // and everything is published: to a subscriber over MQTT when a broker is given, else
+    // read from the buffer as the publisher sends it.
+    let (received, published) = match kit::shared_broker() {
+        Some(url) => over_mqtt(&buffer, url).await,
+        None => {
+            println!("FIVEZERO_TEST_MQTT not set: reading the messages from the buffer");
+            from_buffer(&buffer).await
+        }
+    };
     buffer.close().await;
-    assert_eq!(published, records, "what is published is what was closed");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(published, closed, "what is published is what was closed");
+    assert_eq!(received.len(), raw.len(), "every reading is published");
+    let raw = received;
 
     // Then the day's KPIs are those computed here from the raw readings
     let day = day_records(&published);
