@@ -1273,7 +1273,10 @@ mod tests {
         assert!(s.gap_confirmed(7));
         let live = loaded(1, E1, 1, &[]);
         s.reload(live.clone(), Vec::new(), s.totals(), None, true);
-        assert!(s.gap_confirmed(7), "a reload after an unsure write keeps it");
+        assert!(
+            s.gap_confirmed(7),
+            "a reload after an unsure write keeps it"
+        );
         s.reload(live, Vec::new(), s.totals(), None, false);
         assert!(
             !s.gap_confirmed(7),

@@ -1,0 +1,166 @@
+//! The sink's counters: cheap atomics shared by the ingest task and whoever reads them (tests
+//! now, the Prometheus endpoint later). Pairs of counters rather than gauges (received vs
+//! stored + duplicates + conflicting + dead letters), so rates and backlogs come from
+//! differences.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::validate::RejectReason;
+
+#[derive(Debug, Default)]
+struct Inner {
+    received: AtomicU64,
+    stored_messages: AtomicU64,
+    stored_items: AtomicU64,
+    duplicate_messages: AtomicU64,
+    duplicate_items: AtomicU64,
+    conflicting_duplicates: AtomicU64,
+    gaps: AtomicU64,
+    statuses: AtomicU64,
+    ignored: AtomicU64,
+    acks_published: AtomicU64,
+    store_errors: AtomicU64,
+    connections: AtomicU64,
+    dead_letters: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+/// A handle on the counters; clones share them.
+#[derive(Debug, Clone, Default)]
+pub struct SinkStats(Arc<Inner>);
+
+/// The counters at one instant.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    /// MQTT messages taken from the broker (every topic).
+    pub received: u64,
+    /// Batch and KPI messages that stored at least one new sequence.
+    pub stored_messages: u64,
+    /// Readings and KPI records stored.
+    pub stored_items: u64,
+    /// Messages whose every sequence was already stored with the same content.
+    pub duplicate_messages: u64,
+    /// Readings and records received again with the same content (whole or partial overlap).
+    pub duplicate_items: u64,
+    /// Messages whose content differs from what is stored for the same sequences
+    /// (quarantined); expected 0.
+    pub conflicting_duplicates: u64,
+    /// Gap notices stored (new ones).
+    pub gaps: u64,
+    /// Status messages stored.
+    pub statuses: u64,
+    /// Messages deliberately ignored (an empty retained-clear on a status topic).
+    pub ignored: u64,
+    /// Retained ack watermarks published.
+    pub acks_published: u64,
+    /// Database failures (the message was not acknowledged and will be redelivered).
+    pub store_errors: u64,
+    /// Successful connections to the broker.
+    pub connections: u64,
+    /// Dead letters by reason.
+    pub dead_letters: BTreeMap<&'static str, u64>,
+}
+
+impl StatsSnapshot {
+    /// All dead letters, whatever the reason.
+    #[must_use]
+    pub fn dead_letters_total(&self) -> u64 {
+        self.dead_letters.values().sum()
+    }
+}
+
+fn add(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
+impl SinkStats {
+    /// A message arrived.
+    pub fn received(&self) {
+        add(&self.0.received, 1);
+    }
+
+    /// A batch or KPI message stored `items` new sequences and met `duplicates` known ones.
+    pub fn stored(&self, items: u64, duplicates: u64) {
+        add(&self.0.stored_messages, 1);
+        add(&self.0.stored_items, items);
+        add(&self.0.duplicate_items, duplicates);
+    }
+
+    /// A batch or KPI message was a whole duplicate of `items` sequences.
+    pub fn duplicate(&self, items: u64) {
+        add(&self.0.duplicate_messages, 1);
+        add(&self.0.duplicate_items, items);
+    }
+
+    /// A message conflicted with stored content and was quarantined.
+    pub fn conflicting(&self) {
+        add(&self.0.conflicting_duplicates, 1);
+    }
+
+    /// A new gap notice was stored.
+    pub fn gap(&self) {
+        add(&self.0.gaps, 1);
+    }
+
+    /// A status message was stored.
+    pub fn status(&self) {
+        add(&self.0.statuses, 1);
+    }
+
+    /// A message was ignored on purpose.
+    pub fn ignored(&self) {
+        add(&self.0.ignored, 1);
+    }
+
+    /// A watermark was published.
+    pub fn ack_published(&self) {
+        add(&self.0.acks_published, 1);
+    }
+
+    /// The database failed.
+    pub fn store_error(&self) {
+        add(&self.0.store_errors, 1);
+    }
+
+    /// The client connected to the broker.
+    pub fn connected(&self) {
+        add(&self.0.connections, 1);
+    }
+
+    /// A message went to the dead letters.
+    pub fn dead_letter(&self, reason: RejectReason) {
+        let mut map = self
+            .0
+            .dead_letters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *map.entry(reason.as_str()).or_default() += 1;
+    }
+
+    /// The counters now.
+    #[must_use]
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let i = &self.0;
+        StatsSnapshot {
+            received: get(&i.received),
+            stored_messages: get(&i.stored_messages),
+            stored_items: get(&i.stored_items),
+            duplicate_messages: get(&i.duplicate_messages),
+            duplicate_items: get(&i.duplicate_items),
+            conflicting_duplicates: get(&i.conflicting_duplicates),
+            gaps: get(&i.gaps),
+            statuses: get(&i.statuses),
+            ignored: get(&i.ignored),
+            acks_published: get(&i.acks_published),
+            store_errors: get(&i.store_errors),
+            connections: get(&i.connections),
+            dead_letters: i
+                .dead_letters
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone(),
+        }
+    }
+}
