@@ -359,6 +359,26 @@ pub enum AppendError {
 }
 
 impl AppendError {
+    /// The same error for a part of what was dropped (one cycle of a group).
+    #[must_use]
+    pub fn with_dropped(&self, n: u32) -> Self {
+        match self {
+            Self::DiskFull { detail, .. } => Self::DiskFull {
+                dropped: n,
+                detail: detail.clone(),
+            },
+            Self::Storage { detail, .. } => Self::Storage {
+                dropped: n,
+                detail: detail.clone(),
+            },
+            Self::Invalid { problem, .. } => Self::Invalid {
+                dropped: n,
+                problem: problem.clone(),
+            },
+            Self::Closed { .. } => Self::Closed { dropped: n },
+        }
+    }
+
     /// Readings or records dropped.
     #[must_use]
     pub fn dropped(&self) -> u32 {
@@ -693,7 +713,7 @@ impl Buffer {
         AppendError::Invalid { dropped, problem }
     }
 
-    async fn append(&self, item: writer::Item, count: u32) -> Result<Appended, AppendError> {
+    async fn append(&self, item: writer::Item, count: u32) -> Result<Vec<Appended>, AppendError> {
         match self
             .call(|reply| writer::Command::Append(item, reply))
             .await
@@ -714,12 +734,64 @@ impl Buffer {
     /// # Errors
     /// [`AppendError`]: nothing was stored and the readings are counted as dropped.
     pub async fn append_readings(&self, cycle: &DeviceReadings) -> Result<Appended, AppendError> {
-        let count = u32::try_from(cycle.readings.len()).unwrap_or(u32::MAX);
-        if let Err(problem) = check_readings(cycle, (self.clock())()) {
-            return Err(self.refused(count, problem));
-        }
-        self.append(writer::Item::Readings(cycle.clone()), count)
+        self.append_cycles(std::slice::from_ref(cycle))
             .await
+            .pop()
+            .unwrap_or(Err(AppendError::Invalid {
+                dropped: 0,
+                problem: "no cycle".into(),
+            }))
+    }
+
+    /// Stores poll cycles, one row each with its sequence numbers, all in one transaction
+    /// (one commit, one `fsync` at `synchronous=FULL`, however many cycles arrived together).
+    /// Returns one result per cycle, in order: a cycle that breaks the wire contract is
+    /// refused alone; a failed transaction drops them all, each counted.
+    pub async fn append_cycles(
+        &self,
+        cycles: &[DeviceReadings],
+    ) -> Vec<Result<Appended, AppendError>> {
+        let now = (self.clock())();
+        let count = |c: &DeviceReadings| u32::try_from(c.readings.len()).unwrap_or(u32::MAX);
+        let mut results: Vec<Option<Result<Appended, AppendError>>> = Vec::new();
+        let mut valid = Vec::new();
+        for c in cycles {
+            match check_readings(c, now) {
+                Ok(()) => {
+                    results.push(None);
+                    valid.push(c.clone());
+                }
+                Err(problem) => results.push(Some(Err(self.refused(count(c), problem)))),
+            }
+        }
+        let counts: Vec<u32> = valid.iter().map(count).collect();
+        let total = counts.iter().fold(0u32, |a, &c| a.saturating_add(c));
+        let mut outcome = if valid.is_empty() {
+            Ok(Vec::new())
+        } else {
+            self.append(writer::Item::Readings(valid), total).await
+        };
+        let mut appended = match &mut outcome {
+            Ok(a) => std::mem::take(a).into_iter(),
+            Err(_) => Vec::new().into_iter(),
+        };
+        let mut counts = counts.into_iter();
+        results
+            .into_iter()
+            .map(|r| match r {
+                Some(refused) => refused,
+                None => {
+                    let n = counts.next().unwrap_or(0);
+                    match &outcome {
+                        Ok(_) => appended.next().ok_or(AppendError::Storage {
+                            dropped: n,
+                            detail: "the writer returned fewer rows than cycles".into(),
+                        }),
+                        Err(e) => Err(e.with_dropped(n)),
+                    }
+                }
+            })
+            .collect()
     }
 
     /// Stores KPI records as one row, in one transaction, with their sequence numbers, and
@@ -739,7 +811,12 @@ impl Buffer {
             return Err(self.refused(count, problem));
         }
         self.append(writer::Item::Kpis(records.to_vec(), engine_state), count)
-            .await
+            .await?
+            .pop()
+            .ok_or(AppendError::Storage {
+                dropped: count,
+                detail: "the writer returned no row".into(),
+            })
     }
 
     /// Stores the KPI engine's state on its own (periodically and at a clean stop).

@@ -199,6 +199,41 @@ async fn appends_get_contiguous_sequences_from_one_and_pending_returns_valid_bat
 }
 
 #[tokio::test]
+async fn cycles_committed_together_get_a_row_each_and_a_bad_one_is_refused_alone() {
+    let dir = scratch("group");
+    let clock = TestClock::new();
+    let buffer = Buffer::open(&dir, &options(&clock, "boot-a")).expect("open");
+    let mut bad = cycle(2, T0, 9);
+    bad.readings[1].value = Some(Value::Number(f64::NAN));
+    let group = [cycle(3, T0, 0), bad, cycle(4, T0, 1), cycle(1, T0, 2)];
+    let results = buffer.append_cycles(&group).await;
+    let got: Vec<Result<(u64, u32), u32>> = results
+        .iter()
+        .map(|r| match r {
+            Ok(a) => Ok((a.first_seq, a.count)),
+            Err(e) => Err(e.dropped()),
+        })
+        .collect();
+    assert_eq!(got, [Ok((1, 3)), Err(2), Ok((4, 4)), Ok((8, 1))]);
+    let stats = buffer.stats();
+    assert_eq!(
+        (stats.committed_seq, stats.rows),
+        (8, 3),
+        "one row per good cycle"
+    );
+    assert_eq!(stats.counters.dropped_invalid, 2);
+    let out = buffer.pending(0, big()).await.expect("pending");
+    assert_eq!(covered(&out, clock.now()), (1..=8).collect::<Vec<_>>());
+    let next = buffer
+        .append_readings(&cycle(2, T0, 3))
+        .await
+        .expect("append");
+    assert_eq!(next.first_seq, 9, "the sequence goes on after a group");
+    buffer.close().await;
+    assert_eq!(integrity(&dir), "ok");
+}
+
+#[tokio::test]
 async fn pending_merges_contiguous_rows_within_the_limits() {
     let dir = scratch("merge");
     let clock = TestClock::new();

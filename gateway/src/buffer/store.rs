@@ -454,7 +454,7 @@ pub(crate) fn wal_path(path: &Path) -> std::path::PathBuf {
 // Appending
 // ------------------------------------------------------------------------------------------
 
-/// What to append.
+/// One row to append.
 #[derive(Debug)]
 pub(crate) struct NewRow<'a> {
     /// Readings or KPI records.
@@ -463,17 +463,24 @@ pub(crate) struct NewRow<'a> {
     pub(crate) count: u32,
     /// The encoded payload.
     pub(crate) payload: &'a [u8],
-    /// Names first used by the payload, with their tentative ids.
+}
+
+/// Rows to append in one transaction, with what goes with them.
+#[derive(Debug)]
+pub(crate) struct NewRows<'a> {
+    /// The rows, in sequence order.
+    pub(crate) rows: &'a [NewRow<'a>],
+    /// Names first used by the payloads, with their tentative ids.
     pub(crate) new_names: &'a [(u32, String)],
-    /// The KPI engine's state, stored in the same transaction (KPI rows only).
+    /// The KPI engine's state, stored in the same transaction.
     pub(crate) kpi_state: Option<&'a [u8]>,
 }
 
 /// What an append transaction did.
 #[derive(Debug)]
 pub(crate) struct Appended {
-    /// The stored row.
-    pub(crate) row: RowHead,
+    /// The stored rows, in the order given.
+    pub(crate) rows: Vec<RowHead>,
     /// Rows evicted to make room.
     pub(crate) evicted: Vec<EvictPlan>,
 }
@@ -613,13 +620,14 @@ fn evict_for_budget(
     Ok(plans)
 }
 
-/// Stores one row in the current stream, with its sequence numbers, after evicting what the
-/// budget requires: one `BEGIN IMMEDIATE` transaction (G1).
+/// Stores rows in the current stream, each with its sequence numbers, after evicting what the
+/// budget requires: one `BEGIN IMMEDIATE` transaction for them all (G1), so the poll cycles
+/// that arrive together cost one commit (and one `fsync` at `synchronous=FULL`).
 pub(crate) fn append(
     conn: &mut Connection,
     state: &State,
     path: &Path,
-    new: &NewRow<'_>,
+    new: &NewRows<'_>,
     now_ms: i64,
 ) -> Result<Appended> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -630,48 +638,60 @@ pub(crate) fn append(
     if u64_of(stored, "next_seq")? != current.next_seq {
         return Err(StoreError::OutOfStep);
     }
-    let first = state
-        .next_range(new.count)
+    let total: u32 = new
+        .rows
+        .iter()
+        .try_fold(0u32, |n, r| n.checked_add(r.count))
         .ok_or(StoreError::Range("sequence overflow"))?;
-    let last = first + u64::from(new.count) - 1;
-    let bytes = new.payload.len() as u64;
-    let evicted = evict_for_budget(&tx, state, path, bytes + super::state::ROW_OVERHEAD, now_ms)?;
+    let mut next = state
+        .next_range(total)
+        .ok_or(StoreError::Range("sequence overflow"))?;
+    let incoming: u64 = new
+        .rows
+        .iter()
+        .map(|r| r.payload.len() as u64 + super::state::ROW_OVERHEAD)
+        .sum();
+    let evicted = evict_for_budget(&tx, state, path, incoming, now_ms)?;
     for (id, name) in new.new_names {
         tx.prepare_cached("INSERT INTO names (id, name) VALUES (?1, ?2)")?
             .execute(params![id, name])?;
     }
-    tx.prepare_cached(
-        "INSERT INTO rows (stream, first_seq, last_seq, kind, created_ms, bytes, payload)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )?
-    .execute(params![
-        current.id,
-        i64_of(first, "first_seq")?,
-        i64_of(last, "last_seq")?,
-        new.kind.code(),
-        now_ms,
-        i64_of(bytes, "bytes")?,
-        new.payload
-    ])?;
-    let id = tx.last_insert_rowid();
+    let mut rows = Vec::with_capacity(new.rows.len());
+    for row in new.rows {
+        let first = next;
+        let last = first + u64::from(row.count) - 1;
+        next = last + 1;
+        let bytes = row.payload.len() as u64;
+        tx.prepare_cached(
+            "INSERT INTO rows (stream, first_seq, last_seq, kind, created_ms, bytes, payload)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?
+        .execute(params![
+            current.id,
+            i64_of(first, "first_seq")?,
+            i64_of(last, "last_seq")?,
+            row.kind.code(),
+            now_ms,
+            i64_of(bytes, "bytes")?,
+            row.payload
+        ])?;
+        rows.push(RowHead {
+            id: tx.last_insert_rowid(),
+            stream: current.id,
+            first_seq: first,
+            last_seq: last,
+            kind: row.kind,
+            bytes,
+            created_ms: now_ms,
+        });
+    }
     tx.prepare_cached("UPDATE streams SET next_seq = ?1 WHERE id = ?2")?
-        .execute(params![i64_of(last + 1, "next_seq")?, current.id])?;
+        .execute(params![i64_of(next, "next_seq")?, current.id])?;
     if let Some(bytes) = new.kpi_state {
         meta_set(&tx, KPI_STATE, bytes)?;
     }
     tx.commit()?;
-    Ok(Appended {
-        row: RowHead {
-            id,
-            stream: current.id,
-            first_seq: first,
-            last_seq: last,
-            kind: new.kind,
-            bytes,
-            created_ms: now_ms,
-        },
-        evicted,
-    })
+    Ok(Appended { rows, evicted })
 }
 
 /// Evicts rows older than `cutoff` (oldest first), declaring them as `max_age` gaps. One

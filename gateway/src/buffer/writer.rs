@@ -18,7 +18,7 @@ use tracing::{debug, error, info, warn};
 
 use super::codec::{self, Interner, Names};
 use super::state::{Admit, FileUsage, GapDone, Kind, SinkAck, State};
-use super::store::{self, Damaged, NewRow, StoreError};
+use super::store::{self, Damaged, NewRow, NewRows, StoreError};
 use super::{AppendError, Appended, Clock, Shared};
 use crate::outbox::{Limits, OutboxError, Outgoing, OutgoingGap};
 use crate::poll::DeviceReadings;
@@ -31,22 +31,23 @@ const WAL_TRUNCATE_BYTES: u64 = 4 * 1024 * 1024;
 /// …at most this often.
 const WAL_TRUNCATE_EVERY_MS: i64 = 60_000;
 
-/// What to append.
+/// What to append, in one transaction.
 #[derive(Debug)]
 pub(crate) enum Item {
-    /// One poll cycle.
-    Readings(DeviceReadings),
-    /// KPI records, and the KPI engine's state to store in the same transaction.
+    /// Poll cycles, one row each.
+    Readings(Vec<DeviceReadings>),
+    /// KPI records (one row), and the KPI engine's state to store in the same transaction.
     Kpis(Vec<KpiRecord>, Option<Vec<u8>>),
 }
 
 impl Item {
-    fn count(&self) -> u32 {
-        let n = match self {
-            Self::Readings(r) => r.readings.len(),
-            Self::Kpis(k, _) => k.len(),
-        };
-        u32::try_from(n).unwrap_or(u32::MAX)
+    /// Sequences of each row.
+    fn counts(&self) -> Vec<u32> {
+        let n = |len: usize| u32::try_from(len).unwrap_or(u32::MAX);
+        match self {
+            Self::Readings(cycles) => cycles.iter().map(|c| n(c.readings.len())).collect(),
+            Self::Kpis(k, _) => vec![n(k.len())],
+        }
     }
 }
 
@@ -55,7 +56,7 @@ type Reply<T> = oneshot::Sender<T>;
 /// A request to the writer.
 #[derive(Debug)]
 pub(crate) enum Command {
-    Append(Item, Reply<Result<Appended, AppendError>>),
+    Append(Item, Reply<Result<Vec<Appended>, AppendError>>),
     Pending(u64, Limits, Reply<Result<Vec<Outgoing>, OutboxError>>),
     BrokerAcked(Epoch, u64, u32, Reply<Result<(), OutboxError>>),
     SinkAcked(Epoch, u64, Reply<Result<(), OutboxError>>),
@@ -229,8 +230,9 @@ impl Writer {
     // Appending
     // --------------------------------------------------------------------------------------
 
-    fn append(&mut self, item: Item) -> Result<Appended, AppendError> {
-        let count = item.count();
+    fn append(&mut self, item: Item) -> Result<Vec<Appended>, AppendError> {
+        let counts = item.counts();
+        let count = counts.iter().fold(0u32, |a, &c| a.saturating_add(c));
         let now = self.now();
         if self.state.admit(now) == Admit::Refuse {
             self.state.on_append_refused(u64::from(count));
@@ -240,21 +242,33 @@ impl Writer {
                     .into(),
             });
         }
-        let (kind, payload, new_names) = {
+        let (payloads, new_names) = {
             let mut interner = Interner::new(&self.names);
-            let (kind, payload) = match &item {
-                Item::Readings(r) => (
-                    Kind::Readings,
-                    codec::encode_readings(&r.device, &r.readings, &mut interner),
-                ),
-                Item::Kpis(k, _) => (Kind::Kpi, codec::encode_kpis(k)),
+            let payloads: Vec<(Kind, Vec<u8>)> = match &item {
+                Item::Readings(cycles) => cycles
+                    .iter()
+                    .map(|r| {
+                        (
+                            Kind::Readings,
+                            codec::encode_readings(&r.device, &r.readings, &mut interner),
+                        )
+                    })
+                    .collect(),
+                Item::Kpis(k, _) => vec![(Kind::Kpi, codec::encode_kpis(k))],
             };
-            (kind, payload, interner.into_new())
+            (payloads, interner.into_new())
         };
-        let new = NewRow {
-            kind,
-            count,
-            payload: &payload,
+        let rows: Vec<NewRow<'_>> = payloads
+            .iter()
+            .zip(&counts)
+            .map(|((kind, payload), &count)| NewRow {
+                kind: *kind,
+                count,
+                payload,
+            })
+            .collect();
+        let new = NewRows {
+            rows: &rows,
             new_names: &new_names,
             kpi_state: match &item {
                 Item::Kpis(_, state) => state.as_deref(),
@@ -289,18 +303,23 @@ impl Writer {
                         "Evicted the oldest rows under the byte budget."
                     );
                 }
-                self.state.on_appended(&done.row, u64::from(count), now);
+                let epoch = self.state.current().epoch;
+                let mut appended = Vec::with_capacity(done.rows.len());
+                for (row, &count) in done.rows.iter().zip(&counts) {
+                    self.state.on_appended(row, u64::from(count), now);
+                    appended.push(Appended {
+                        epoch,
+                        first_seq: row.first_seq,
+                        count,
+                    });
+                }
                 if evicted {
                     self.refresh_oldest();
                 }
                 self.shared
                     .committed
                     .send_replace(self.state.current().committed());
-                Ok(Appended {
-                    epoch: self.state.current().epoch,
-                    first_seq: done.row.first_seq,
-                    count,
-                })
+                Ok(appended)
             }
             Err(e) => {
                 self.rollback();
