@@ -129,11 +129,13 @@ async fn demo(args: Args) -> anyhow::Result<()> {
         args.speed
     );
 
-    // The sink, with its embedded broker.
+    // The sink, with its embedded broker and its HTTP API.
     let broker = free_addr()?;
+    let http = free_addr()?;
     let sink_text = format!(
         "[sink]\nclient_id = \"fivezero-demo-sink\"\n\n[storage]\nurl = \"sqlite://{}\"\n\n\
-         [mqtt]\nbroker = \"embedded\"\nlisten = \"{broker}\"\nlisten_v311 = \"\"\n",
+         [mqtt]\nbroker = \"embedded\"\nlisten = \"{broker}\"\nlisten_v311 = \"\"\n\n\
+         [http]\nlisten = \"{http}\"\n",
         dir.join("sink.db").display()
     );
     let sink_config = fivezero_sink::config::Config::from_text(
@@ -151,6 +153,7 @@ async fn demo(args: Args) -> anyhow::Result<()> {
         },
     ));
     accepting(broker, "the sink's embedded broker").await?;
+    accepting(http, "the sink's HTTP API").await?;
     println!(
         "fivezero: sink: embedded MQTT broker on {broker}, storing into {}",
         dir.join("sink.db").display()
@@ -183,6 +186,10 @@ async fn demo(args: Args) -> anyhow::Result<()> {
         groups.join(", ")
     );
     println!("fivezero: gateway metrics: http://{metrics}/metrics");
+    let site = &sim.scenario().site.name;
+    println!(
+        "fivezero: API: http://{http}/api/v1/sites/{site}/kpis/latest (OpenAPI at http://{http}/api/v1/openapi.json)"
+    );
     println!("fivezero: running; Ctrl-C stops everything cleanly.");
     let progress = tokio::spawn(progress::run(
         metrics,

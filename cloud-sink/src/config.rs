@@ -45,6 +45,18 @@
 //! | `FIVEZERO_SINK_MQTT__CA_FILE` | `mqtt.ca_file` | CA certificates (PEM) for `mqtts://` | system roots |
 //! | `FIVEZERO_SINK_MQTT__CLIENT_CERT_FILE` | `mqtt.client_cert_file` | client certificate (PEM) | none |
 //! | `FIVEZERO_SINK_MQTT__CLIENT_KEY_FILE` | `mqtt.client_key_file` | client key (PEM) | none |
+//! | `FIVEZERO_SINK_STORAGE__RETAIN_READINGS` | `storage.retain_readings` | delete readings older than this; `""` keeps all | `""` |
+//! | `FIVEZERO_SINK_STORAGE__RETAIN_KPIS` | `storage.retain_kpis` | delete KPI records older than this; `""` keeps all | `""` |
+//! | `FIVEZERO_SINK_HTTP__LISTEN` | `http.listen` | HTTP API address; `""` turns it off; without tokens only a loopback address | `127.0.0.1:8080` |
+//! | `FIVEZERO_SINK_HTTP__MAX_RANGE` | `http.max_range` | longest `to - from` of a query | `400d` |
+//! | `FIVEZERO_SINK_HTTP__MAX_ROWS` | `http.max_rows` | most database rows one query reads | `500000` |
+//! | `FIVEZERO_SINK_HTTP__REQUEST_TIMEOUT` | `http.request_timeout` | longest a request may take (then 503) | `10s` |
+//! | `FIVEZERO_SINK_HTTP__MAX_CONCURRENCY` | `http.max_concurrency` | requests served at once (more get 503) | `64` |
+//! | `FIVEZERO_SINK_HTTP__MAX_HEADER_SIZE` | `http.max_header_size` | largest total header size (then 431) | `16 KiB` |
+//! | `FIVEZERO_SINK_HTTP__MAX_BODY_SIZE` | `http.max_body_size` | largest request body (then 413) | `16 KiB` |
+//!
+//! API tokens are `[[http.tokens]]` tables (`name`, `scope = "read" | "admin"`, `sha256` of
+//! the token, from `fivezero-sink hash-token`); they are not taken from the environment.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -171,12 +183,262 @@ impl Default for RawSink {
 struct RawStorage {
     #[serde(default = "default_storage")]
     url: String,
+    #[serde(default)]
+    retain_readings: String,
+    #[serde(default)]
+    retain_kpis: String,
 }
 
 impl Default for RawStorage {
     fn default() -> Self {
         Self {
             url: default_storage(),
+            retain_readings: String::new(),
+            retain_kpis: String::new(),
+        }
+    }
+}
+
+fn default_http_listen() -> String {
+    "127.0.0.1:8080".to_owned()
+}
+const fn default_max_range() -> Duration {
+    Duration::from_secs(400 * 86_400)
+}
+const fn default_max_rows() -> u32 {
+    500_000
+}
+const fn default_request_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+const fn default_max_concurrency() -> usize {
+    64
+}
+const fn default_max_header() -> ByteSize {
+    ByteSize::kib(16)
+}
+const fn default_max_body() -> ByteSize {
+    ByteSize::kib(16)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    #[serde(default = "default_http_listen")]
+    listen: String,
+    #[serde(default = "default_max_range", with = "humantime_serde")]
+    max_range: Duration,
+    #[serde(default = "default_max_rows")]
+    max_rows: u32,
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    request_timeout: Duration,
+    #[serde(default = "default_max_concurrency")]
+    max_concurrency: usize,
+    #[serde(default = "default_max_header")]
+    max_header_size: ByteSize,
+    #[serde(default = "default_max_body")]
+    max_body_size: ByteSize,
+    #[serde(default)]
+    tokens: Vec<RawToken>,
+}
+
+impl Default for RawHttp {
+    fn default() -> Self {
+        Self {
+            listen: default_http_listen(),
+            max_range: default_max_range(),
+            max_rows: default_max_rows(),
+            request_timeout: default_request_timeout(),
+            max_concurrency: default_max_concurrency(),
+            max_header_size: default_max_header(),
+            max_body_size: default_max_body(),
+            tokens: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawToken {
+    name: String,
+    scope: Scope,
+    sha256: String,
+}
+
+/// What a bearer token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// Every `GET /api/v1/sites…` query.
+    Read,
+    /// Reads, plus the operator's views (`/api/v1/admin/…`: dead letters, quarantine).
+    Admin,
+}
+
+/// An API token as configured: its name (for logs) and the SHA-256 of the secret. The secret
+/// itself is never stored: `fivezero-sink hash-token` prints the hash of one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiToken {
+    /// Name, for logs.
+    pub name: String,
+    /// Scope.
+    pub scope: Scope,
+    /// SHA-256 of the token.
+    pub sha256: [u8; 32],
+}
+
+/// The HTTP API's settings (`[http]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpConfig {
+    /// Where to listen; `None` when `listen = ""` turns the API off.
+    pub listen: Option<SocketAddr>,
+    /// Longest `to - from` of a query.
+    pub max_range: Duration,
+    /// Most rows one query reads from the database.
+    pub max_rows: u32,
+    /// Longest a request may take.
+    pub request_timeout: Duration,
+    /// Most requests handled at once; more are refused with 503.
+    pub max_concurrency: usize,
+    /// Largest total size of a request's headers, bytes.
+    pub max_header_size: usize,
+    /// Largest request body, bytes.
+    pub max_body_size: usize,
+    /// Tokens; empty leaves the API open (allowed only on a loopback address).
+    pub tokens: Vec<ApiToken>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        // The defaults are valid by construction (the unit test on an empty file checks it).
+        validate_http(RawHttp::default(), &mut Vec::new()).unwrap_or(Self {
+            listen: None,
+            max_range: default_max_range(),
+            max_rows: default_max_rows(),
+            request_timeout: default_request_timeout(),
+            max_concurrency: default_max_concurrency(),
+            max_header_size: 16 * 1024,
+            max_body_size: 16 * 1024,
+            tokens: Vec::new(),
+        })
+    }
+}
+
+/// The hex SHA-256 of a token, as `[[http.tokens]] sha256` takes it.
+#[must_use]
+pub fn hash_token(token: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn parse_hex32(text: &str) -> Option<[u8; 32]> {
+    let bytes = text.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in bytes.chunks(2).enumerate() {
+        let pair = std::str::from_utf8(pair).ok()?;
+        *out.get_mut(i)? = u8::from_str_radix(pair, 16).ok()?;
+    }
+    Some(out)
+}
+
+fn validate_http(raw: RawHttp, problems: &mut Vec<String>) -> Option<HttpConfig> {
+    let before = problems.len();
+    let listen = if raw.listen.is_empty() {
+        None
+    } else {
+        match raw.listen.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                problems.push(format!(
+                    "http.listen {:?} is not an ip:port address",
+                    raw.listen
+                ));
+                None
+            }
+        }
+    };
+    if raw.max_range < Duration::from_secs(60) {
+        problems.push("http.max_range must be at least 1m".to_owned());
+    }
+    if raw.max_rows == 0 {
+        problems.push("http.max_rows must be at least 1".to_owned());
+    }
+    if raw.request_timeout < Duration::from_millis(100) {
+        problems.push("http.request_timeout must be at least 100ms".to_owned());
+    }
+    if raw.max_concurrency == 0 {
+        problems.push("http.max_concurrency must be at least 1".to_owned());
+    }
+    let size = |key: &str, v: ByteSize, problems: &mut Vec<String>| {
+        usize::try_from(v.as_u64())
+            .ok()
+            .filter(|s| (1024..=1024 * 1024).contains(s))
+            .unwrap_or_else(|| {
+                problems.push(format!("http.{key} {v} is outside 1 KiB..=1 MiB"));
+                0
+            })
+    };
+    let max_header_size = size("max_header_size", raw.max_header_size, problems);
+    let max_body_size = size("max_body_size", raw.max_body_size, problems);
+    let mut tokens = Vec::new();
+    let mut names = BTreeSet::new();
+    for t in raw.tokens {
+        if t.name.is_empty() || !names.insert(t.name.clone()) {
+            problems.push(format!(
+                "http.tokens: name {:?} is empty or used twice",
+                t.name
+            ));
+        }
+        match parse_hex32(&t.sha256.to_ascii_lowercase()) {
+            Some(sha256) => tokens.push(ApiToken {
+                name: t.name,
+                scope: t.scope,
+                sha256,
+            }),
+            None => problems.push(format!(
+                "http.tokens {:?}: sha256 must be 64 hex digits (fivezero-sink hash-token prints it)",
+                t.name
+            )),
+        }
+    }
+    if let Some(addr) = listen
+        && tokens.is_empty()
+        && !addr.ip().is_loopback()
+    {
+        problems.push(format!(
+            "http.listen {addr} is not a loopback address: configure [[http.tokens]] \
+             so the API is not open to the network"
+        ));
+    }
+    (problems.len() == before).then_some(HttpConfig {
+        listen,
+        max_range: raw.max_range,
+        max_rows: raw.max_rows,
+        request_timeout: raw.request_timeout,
+        max_concurrency: raw.max_concurrency,
+        max_header_size,
+        max_body_size,
+        tokens,
+    })
+}
+
+fn retention(key: &str, text: &str, problems: &mut Vec<String>) -> Option<Duration> {
+    if text.is_empty() {
+        return None;
+    }
+    match humantime::parse_duration(text) {
+        Ok(d) if d >= Duration::from_secs(3600) => Some(d),
+        _ => {
+            problems.push(format!(
+                "storage.{key} {text:?} must be a duration of at least 1h, or \"\" to keep everything"
+            ));
+            None
         }
     }
 }
@@ -239,6 +501,8 @@ struct RawConfig {
     storage: RawStorage,
     #[serde(default)]
     mqtt: RawMqtt,
+    #[serde(default)]
+    http: RawHttp,
 }
 
 /// Where the broker is.
@@ -297,6 +561,12 @@ pub struct Config {
     pub client_cert_file: Option<PathBuf>,
     /// Client key file.
     pub client_key_file: Option<PathBuf>,
+    /// The HTTP API.
+    pub http: HttpConfig,
+    /// Readings older than this are deleted; `None` keeps them.
+    pub retain_readings: Option<Duration>,
+    /// KPI records whose window ended longer ago than this are deleted; `None` keeps them.
+    pub retain_kpis: Option<Duration>,
 }
 
 /// The variables of this process that are ours (skipping names or values that are not UTF-8).
@@ -435,7 +705,11 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
         sink,
         storage,
         mqtt,
+        http,
     } = raw;
+    let http = validate_http(http, &mut problems);
+    let retain_readings = retention("retain_readings", &storage.retain_readings, &mut problems);
+    let retain_kpis = retention("retain_kpis", &storage.retain_kpis, &mut problems);
     let client_id = sink
         .client_id
         .unwrap_or_else(|| format!("fivezero-sink-{}", hostname()));
@@ -526,8 +800,8 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
     if mqtt.keep_alive < Duration::from_secs(5) || mqtt.keep_alive > Duration::from_secs(65_535) {
         problems.push("mqtt.keep_alive must be 5s..=18h".to_owned());
     }
-    match (broker, inflight, max_packet_size, problems.is_empty()) {
-        (Some(broker), Some(inflight), Some(max_packet_size), true) => Ok(Config {
+    match (broker, inflight, max_packet_size, http, problems.is_empty()) {
+        (Some(broker), Some(inflight), Some(max_packet_size), Some(http), true) => Ok(Config {
             client_id,
             shutdown_timeout: sink.shutdown_timeout,
             allowed_gateways: (!allowed.is_empty()).then_some(allowed),
@@ -544,6 +818,9 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
             ca_file: mqtt.ca_file,
             client_cert_file: mqtt.client_cert_file,
             client_key_file: mqtt.client_key_file,
+            http,
+            retain_readings,
+            retain_kpis,
         }),
         _ => Err(problems),
     }
@@ -578,6 +855,31 @@ mod tests {
         assert_eq!(c.inflight.get(), 64);
         assert!(c.client_id.starts_with("fivezero-sink-"));
         assert_eq!(c.shared_group, None);
+        assert_eq!(c.http, HttpConfig::default());
+        assert_eq!(c.http.listen, Some("127.0.0.1:8080".parse().unwrap()));
+        assert_eq!(c.retain_readings, None);
+    }
+
+    #[test]
+    fn tokens_are_read_hashed_and_an_open_api_stays_on_loopback() {
+        let hash = hash_token("secret");
+        let c = load(
+            &format!(
+                "[http]\nlisten = \"0.0.0.0:9000\"\n[[http.tokens]]\nname = \"ops\"\nscope = \"admin\"\nsha256 = \"{hash}\"\n"
+            ),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.http.tokens.len(), 1);
+        assert_eq!(c.http.tokens[0].scope, Scope::Admin);
+        let e = load("[http]\nlisten = \"0.0.0.0:9000\"\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("loopback"), "{e}");
+        let e = load(
+            "[[http.tokens]]\nname = \"x\"\nscope = \"read\"\nsha256 = \"abc\"\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("64 hex"), "{e}");
     }
 
     #[test]

@@ -311,6 +311,7 @@ where
                     }
                     Ok(_) => {}
                     Err(e) => {
+                        stats.disconnected();
                         if connected_at.elapsed() > Duration::from_secs(10) {
                             backoff.reset();
                         }

@@ -17,8 +17,10 @@
 //! | [`ingest`] | the MQTT subscriber: the only code that touches the rumqttc event loop |
 //! | [`broker`] | the embedded rumqttd broker for a single machine |
 //! | [`stats`] | the counters ([`stats::SinkStats`]) |
+//! | [`api`] | the HTTP query API (axum), its OpenAPI document, `/healthz`, `/readyz`, `/metrics` |
 //! | [`service`] | ties them together: `fivezero-sink run` |
 
+pub mod api;
 pub mod broker;
 pub mod config;
 pub mod ingest;

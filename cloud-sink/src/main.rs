@@ -2,6 +2,7 @@
 //!
 //! - `fivezero-sink run --config FILE`: ingest until SIGTERM or SIGINT, then drain and exit 0.
 //! - `fivezero-sink check-config FILE`: validate the configuration (no socket, no database).
+//! - `fivezero-sink hash-token`: print the SHA-256 of a token read on standard input.
 //!
 //! Logs go to standard error; `FIVEZERO_SINK_LOG` (or `RUST_LOG`) sets the filter
 //! (default [`DEFAULT_LOG_FILTER`]).
@@ -31,6 +32,9 @@ enum Command {
         #[arg(long, short, default_value = "sink.toml")]
         config: PathBuf,
     },
+    /// Read an API token on standard input and print the SHA-256 that `[[http.tokens]]`
+    /// takes (`openssl rand -hex 32 | tee token | fivezero-sink hash-token`).
+    HashToken,
     /// Check a configuration file and print the settings it gives.
     CheckConfig {
         /// The configuration file.
@@ -75,6 +79,19 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logs();
     match cli.command {
+        Command::HashToken => {
+            let mut line = String::new();
+            match std::io::stdin().read_line(&mut line) {
+                Ok(_) if !line.trim().is_empty() => {
+                    println!("{}", fivezero_sink::config::hash_token(line.trim()));
+                    ExitCode::SUCCESS
+                }
+                _ => {
+                    eprintln!("fivezero-sink hash-token: no token on standard input");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::CheckConfig { file } => match Config::load(&file) {
             Ok(config) => {
                 println!("{}: ok", file.display());
@@ -85,6 +102,10 @@ fn main() -> ExitCode {
                 );
                 println!("  broker:    {:?}", config.broker);
                 println!("  prefix:    {}", config.prefix);
+                match config.http.listen {
+                    Some(a) => println!("  http api:  {a} ({} tokens)", config.http.tokens.len()),
+                    None => println!("  http api:  off"),
+                }
                 if let Some(group) = &config.shared_group {
                     println!("  shared subscription group: {group}");
                 }

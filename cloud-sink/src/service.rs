@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::path::Path;
 
+use crate::api::{self, ApiState};
 use crate::broker::{self, BrokerError, EmbeddedSettings};
 use crate::config::{BrokerChoice, Config, PASSWORD_ENV};
 use crate::ingest::{self, IngestError, IngestSettings, TlsFiles};
@@ -30,6 +31,14 @@ pub enum ServiceError {
     /// Ingest cannot subscribe.
     #[error(transparent)]
     Ingest(#[from] IngestError),
+    /// The HTTP API cannot listen.
+    #[error("http.listen {addr}: {problem}")]
+    Http {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        problem: String,
+    },
     /// A file named in the configuration cannot be read.
     #[error("{what} {path}: {problem}")]
     File {
@@ -133,9 +142,88 @@ where
         storage = %store::mask_password(&config.storage_url),
         "Store open and migrated."
     );
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let api = match config.http.listen {
+        Some(addr) => {
+            let listener =
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| ServiceError::Http {
+                        addr,
+                        problem: e.to_string(),
+                    })?;
+            let bound = listener.local_addr().unwrap_or(addr);
+            if config.http.tokens.is_empty() {
+                tracing::warn!(%bound, "HTTP API listening without tokens (loopback only).");
+            } else {
+                tracing::info!(%bound, tokens = config.http.tokens.len(), "HTTP API listening.");
+            }
+            let state = ApiState::new(store.clone(), stats.clone(), config.http.clone());
+            let mut rx = stop_rx.clone();
+            Some(tokio::spawn(async move {
+                let stop = async move {
+                    let _ = rx.wait_for(|stop| *stop).await;
+                };
+                if let Err(e) = api::serve(listener, state, stop).await {
+                    tracing::error!(error = %e, "The HTTP API stopped.");
+                }
+            }))
+        }
+        None => None,
+    };
+    let retention = (config.retain_readings.is_some() || config.retain_kpis.is_some()).then(|| {
+        tokio::spawn(retention_loop(
+            store.clone(),
+            config.retain_readings,
+            config.retain_kpis,
+        ))
+    });
+    let result = run_ingest(&config, store, stats, shutdown).await;
+    let _ = stop_tx.send(true);
+    if let Some(task) = retention {
+        task.abort();
+    }
+    if let Some(task) = api {
+        let _ = tokio::time::timeout(config.shutdown_timeout, task).await;
+    }
+    result
+}
+
+/// Deletes what is past the retention ages, once at start and then every hour.
+async fn retention_loop(
+    store: store::AnyStore,
+    readings: Option<std::time::Duration>,
+    kpis: Option<std::time::Duration>,
+) {
+    use crate::store::Store as _;
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+    loop {
+        tick.tick().await;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let before = |age: Option<std::time::Duration>| {
+            age.map(|a| now.saturating_sub(i64::try_from(a.as_millis()).unwrap_or(i64::MAX)))
+        };
+        match store.apply_retention(before(readings), before(kpis)).await {
+            Ok(r) => tracing::debug!(readings = r.readings, kpis = r.kpis, "Retention applied."),
+            Err(e) => tracing::warn!(error = %e, "Retention failed; retrying in an hour."),
+        }
+    }
+}
+
+async fn run_ingest<F>(
+    config: &Config,
+    store: store::AnyStore,
+    stats: SinkStats,
+    shutdown: F,
+) -> Result<(), ServiceError>
+where
+    F: Future<Output = ()> + Send,
+{
     match config.broker.clone() {
         BrokerChoice::External { tls, host, port } => {
-            let settings = ingest_settings(&config, &host, port, tls)?;
+            let settings = ingest_settings(config, &host, port, tls)?;
             tracing::info!(?settings, "Ingest starting.");
             ingest::run(settings, store, stats, shutdown).await?;
         }
@@ -150,7 +238,7 @@ where
             })
             .await?;
             let addr = broker.connect_addr;
-            let settings = ingest_settings(&config, &addr.ip().to_string(), addr.port(), false)?;
+            let settings = ingest_settings(config, &addr.ip().to_string(), addr.port(), false)?;
             tracing::info!(?settings, "Ingest starting.");
             tokio::select! {
                 r = ingest::run(settings, store, stats, shutdown) => r?,

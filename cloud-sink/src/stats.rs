@@ -1,10 +1,10 @@
 //! The sink's counters: cheap atomics shared by the ingest task and whoever reads them (tests
-//! now, the Prometheus endpoint later). Pairs of counters rather than gauges (received vs
+//! and the Prometheus endpoint, [`SinkStats::render_prometheus`]). Pairs of counters rather than gauges (received vs
 //! stored + duplicates + conflicting + dead letters), so rates and backlogs come from
 //! differences.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::validate::RejectReason;
@@ -23,6 +23,7 @@ struct Inner {
     acks_published: AtomicU64,
     store_errors: AtomicU64,
     connections: AtomicU64,
+    broker_connected: AtomicBool,
     dead_letters: Mutex<BTreeMap<&'static str, u64>>,
 }
 
@@ -126,6 +127,120 @@ impl SinkStats {
     /// The client connected to the broker.
     pub fn connected(&self) {
         add(&self.0.connections, 1);
+        self.0.broker_connected.store(true, Ordering::Relaxed);
+    }
+
+    /// The connection to the broker was lost.
+    pub fn disconnected(&self) {
+        self.0.broker_connected.store(false, Ordering::Relaxed);
+    }
+
+    /// Whether ingest is connected to the broker now (for `/readyz`).
+    #[must_use]
+    pub fn is_connected(&self) -> bool {
+        self.0.broker_connected.load(Ordering::Relaxed)
+    }
+
+    /// Every counter in the Prometheus text format (OpenMetrics), for `GET /metrics`.
+    #[must_use]
+    pub fn render_prometheus(&self) -> String {
+        use prometheus_client::encoding::text::encode;
+        use prometheus_client::metrics::counter::Counter;
+        use prometheus_client::metrics::family::Family;
+        use prometheus_client::metrics::gauge::Gauge;
+        use prometheus_client::registry::Registry;
+
+        fn counter(r: &mut Registry, name: &str, help: &str, value: u64) {
+            let c: Counter<u64, AtomicU64> = Counter::default();
+            c.inc_by(value);
+            r.register(name, help, c);
+        }
+        let s = self.snapshot();
+        let mut r = Registry::with_prefix("fivezero_sink");
+        counter(
+            &mut r,
+            "messages_received",
+            "MQTT messages taken from the broker",
+            s.received,
+        );
+        counter(
+            &mut r,
+            "messages_stored",
+            "Batch and KPI messages that stored new sequences",
+            s.stored_messages,
+        );
+        counter(
+            &mut r,
+            "items_stored",
+            "Readings and KPI records stored",
+            s.stored_items,
+        );
+        counter(
+            &mut r,
+            "duplicate_messages",
+            "Messages already stored with the same content",
+            s.duplicate_messages,
+        );
+        counter(
+            &mut r,
+            "duplicate_items",
+            "Readings and records received again with the same content",
+            s.duplicate_items,
+        );
+        counter(
+            &mut r,
+            "conflicting_duplicates",
+            "Messages quarantined for content differing from what is stored (expected 0)",
+            s.conflicting_duplicates,
+        );
+        counter(&mut r, "gaps", "Gap notices stored", s.gaps);
+        counter(
+            &mut r,
+            "statuses",
+            "Gateway status messages stored",
+            s.statuses,
+        );
+        counter(&mut r, "ignored", "Messages ignored on purpose", s.ignored);
+        counter(
+            &mut r,
+            "acks_published",
+            "Retained ack watermarks published",
+            s.acks_published,
+        );
+        counter(
+            &mut r,
+            "store_errors",
+            "Database failures (message redelivered later)",
+            s.store_errors,
+        );
+        counter(
+            &mut r,
+            "broker_connections",
+            "Successful connections to the broker",
+            s.connections,
+        );
+        let dead: Family<Vec<(String, String)>, Counter<u64, AtomicU64>> = Family::default();
+        for (reason, n) in &s.dead_letters {
+            dead.get_or_create(&vec![("reason".to_owned(), (*reason).to_owned())])
+                .inc_by(*n);
+        }
+        r.register(
+            "dead_letters",
+            "Refused messages kept in the dead-letter table",
+            dead,
+        );
+        let up: Gauge<i64> = Gauge::default();
+        up.set(i64::from(self.is_connected()));
+        r.register(
+            "broker_connected",
+            "1 while ingest is connected to the broker",
+            up,
+        );
+        let mut out = String::new();
+        if encode(&mut out, &r).is_err() {
+            out = "# encoding failed\n".to_owned();
+        }
+        out
     }
 
     /// A message went to the dead letters.

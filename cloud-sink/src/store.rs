@@ -34,6 +34,9 @@
 //! | `quarantine` | id | conflicting duplicates: raw bytes and what conflicted |
 //! | `gateways` | gateway | last status: online/offline, last seen, version, buffer figures |
 //!
+//! Query indexes: `readings (site, device, metric, ts)` for series, `kpi_records (site,
+//! period, window_start)` for scorecards (migration 2).
+//!
 //! Epochs are stored as their 16-hex-digit text; sequences and timestamps as signed 64-bit
 //! integers (the validator refuses sequences above `i64::MAX`).
 
@@ -277,6 +280,85 @@ pub struct Quarantined {
     pub detail: String,
 }
 
+/// One series of a site: a device's metric, with the span of its readings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeriesInfo {
+    /// Device name.
+    pub device: String,
+    /// Metric id.
+    pub metric: String,
+    /// Readings stored.
+    pub readings: u64,
+    /// First reading, UTC ms.
+    pub first_ts: i64,
+    /// Last reading, UTC ms.
+    pub last_ts: i64,
+}
+
+/// The readings of one series in a time range, for the query API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeriesQuery {
+    /// Site id.
+    pub site: String,
+    /// Device name.
+    pub device: String,
+    /// Metric id.
+    pub metric: String,
+    /// From, UTC ms inclusive.
+    pub from: i64,
+    /// To, UTC ms exclusive.
+    pub to: i64,
+    /// At most this many points (in time order).
+    pub limit: u32,
+}
+
+/// One stored point of a series: time, numeric value (`None` for text or missing values),
+/// and whether its quality was `error`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Point {
+    /// UTC ms.
+    pub ts: i64,
+    /// The numeric value.
+    pub value: Option<f64>,
+    /// The reading's quality was `error`.
+    pub error: bool,
+}
+
+/// KPI records of a site whose windows lie inside a time range.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KpiQuery {
+    /// Site id.
+    pub site: String,
+    /// Window length of the records.
+    pub period: fivezero_model::wire::Period,
+    /// Windows starting at or after this, UTC ms.
+    pub from: i64,
+    /// Windows ending at or before this, UTC ms.
+    pub to: i64,
+    /// At most this many records (ordered by window start, then gateway, epoch and sequence).
+    pub limit: u32,
+}
+
+/// A sequence range stored or declared as a gap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeqRange {
+    /// First sequence.
+    pub first: u64,
+    /// Last sequence (inclusive).
+    pub last: u64,
+    /// A declared gap rather than stored data.
+    pub gap: bool,
+}
+
+/// What a retention pass deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Retained {
+    /// Readings deleted.
+    pub readings: u64,
+    /// KPI records deleted.
+    pub kpis: u64,
+}
+
 /// The storage the sink needs: writes for ingest, reads for tests and the query API.
 ///
 /// Every write is one transaction; `Ok` means committed.
@@ -361,6 +443,52 @@ pub trait Store: Send + Sync + 'static {
 
     /// The schema version the database is at.
     fn schema_version(&self) -> impl Future<Output = Result<u32, StoreError>> + Send;
+
+    /// Every site that has a stream or a gateway status, sorted.
+    fn sites(&self) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+
+    /// Every (device, metric) series of a site, sorted.
+    fn site_series(
+        &self,
+        site: String,
+    ) -> impl Future<Output = Result<Vec<SeriesInfo>, StoreError>> + Send;
+
+    /// The points of one series in a range, in time order (at most `limit`).
+    fn series_points(
+        &self,
+        query: SeriesQuery,
+    ) -> impl Future<Output = Result<Vec<Point>, StoreError>> + Send;
+
+    /// KPI records of a site and period whose windows lie inside a range.
+    fn kpis_in_range(
+        &self,
+        query: KpiQuery,
+    ) -> impl Future<Output = Result<Vec<StoredKpi>, StoreError>> + Send;
+
+    /// The latest record of every (KPI, period) of a site.
+    fn kpis_latest(
+        &self,
+        site: String,
+    ) -> impl Future<Output = Result<Vec<StoredKpi>, StoreError>> + Send;
+
+    /// The ledger ranges and gaps of a stream ending above `above`, in sequence order
+    /// (at most `limit`): what lies past the watermark.
+    fn ranges_above(
+        &self,
+        gateway: String,
+        epoch: String,
+        above: u64,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<SeqRange>, StoreError>> + Send;
+
+    /// Deletes readings with `ts` before `readings_before` and KPI records whose window ended
+    /// before `kpis_before` (`None` keeps the table). The ledger is kept, so a late
+    /// redelivery of deleted data stays a duplicate.
+    fn apply_retention(
+        &self,
+        readings_before: Option<i64>,
+        kpis_before: Option<i64>,
+    ) -> impl Future<Output = Result<Retained, StoreError>> + Send;
 }
 
 /// Either backend, chosen by URL.
@@ -495,6 +623,37 @@ impl Store for AnyStore {
     }
     async fn schema_version(&self) -> Result<u32, StoreError> {
         delegate!(self, schema_version())
+    }
+    async fn sites(&self) -> Result<Vec<String>, StoreError> {
+        delegate!(self, sites())
+    }
+    async fn site_series(&self, site: String) -> Result<Vec<SeriesInfo>, StoreError> {
+        delegate!(self, site_series(site))
+    }
+    async fn series_points(&self, query: SeriesQuery) -> Result<Vec<Point>, StoreError> {
+        delegate!(self, series_points(query))
+    }
+    async fn kpis_in_range(&self, query: KpiQuery) -> Result<Vec<StoredKpi>, StoreError> {
+        delegate!(self, kpis_in_range(query))
+    }
+    async fn kpis_latest(&self, site: String) -> Result<Vec<StoredKpi>, StoreError> {
+        delegate!(self, kpis_latest(site))
+    }
+    async fn ranges_above(
+        &self,
+        gateway: String,
+        epoch: String,
+        above: u64,
+        limit: u32,
+    ) -> Result<Vec<SeqRange>, StoreError> {
+        delegate!(self, ranges_above(gateway, epoch, above, limit))
+    }
+    async fn apply_retention(
+        &self,
+        readings_before: Option<i64>,
+        kpis_before: Option<i64>,
+    ) -> Result<Retained, StoreError> {
+        delegate!(self, apply_retention(readings_before, kpis_before))
     }
 }
 

@@ -449,7 +449,7 @@ async fn concurrent_writers_store_each_sequence_once<S: Store + Clone>(s: S) {
 }
 
 async fn the_schema_is_at_the_latest_version<S: Store>(s: S) {
-    assert_eq!(s.schema_version().await.unwrap(), 1);
+    assert_eq!(s.schema_version().await.unwrap(), 2);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -532,7 +532,7 @@ async fn reopening_a_sqlite_store_keeps_its_data_and_migrates_nothing() {
         .unwrap();
     drop(s);
     let s = SqliteStore::open(&path).await.unwrap();
-    assert_eq!(s.schema_version().await.unwrap(), 1);
+    assert_eq!(s.schema_version().await.unwrap(), 2);
     assert_eq!(s.watermarks(GW.into()).await.unwrap(), ack(3));
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -566,7 +566,7 @@ async fn sinks_opening_a_new_sqlite_file_together_migrate_it_once() {
         .collect();
     for open in opens {
         let store = open.await.unwrap().expect("every open succeeds");
-        assert_eq!(store.schema_version().await.unwrap(), 1);
+        assert_eq!(store.schema_version().await.unwrap(), 2);
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -19,9 +19,10 @@ use tokio_postgres::{NoTls, Row, Transaction};
 
 use super::ledger::{self, ItemKind, LedgerRange, Plan};
 use super::{
-    Commit, DeadLetter, GatewayInfo, MAX_ACK_STREAMS, Outcome, Quarantined, RawMessage,
-    ReadingsQuery, Store, StoreError, StoredGap, StoredKpi, StoredReading, StreamInfo, enum_name,
-    enum_of, from_json, json_text, mask_password, run_indices, run_len, to_i64, to_u64,
+    Commit, DeadLetter, GatewayInfo, KpiQuery, MAX_ACK_STREAMS, Outcome, Point, Quarantined,
+    RawMessage, ReadingsQuery, Retained, SeqRange, SeriesInfo, SeriesQuery, Store, StoreError,
+    StoredGap, StoredKpi, StoredReading, StreamInfo, enum_name, enum_of, from_json, json_text,
+    mask_password, run_indices, run_len, to_i64, to_u64,
 };
 use crate::validate::RejectReason;
 
@@ -29,9 +30,10 @@ use crate::validate::RejectReason;
 const MIGRATION_LOCK: i64 = 0x6669_7665_7a65_726f;
 
 /// Schema versions, applied in order; never edit one that shipped, add the next.
-const MIGRATIONS: &[(u32, &str)] = &[(
-    1,
-    "CREATE TABLE streams (
+const MIGRATIONS: &[(u32, &str)] = &[
+    (
+        1,
+        "CREATE TABLE streams (
         gateway TEXT NOT NULL, epoch TEXT NOT NULL, site TEXT NOT NULL,
         watermark BIGINT NOT NULL DEFAULT 0,
         first_seen BIGINT NOT NULL, last_seen BIGINT NOT NULL,
@@ -80,7 +82,14 @@ const MIGRATIONS: &[(u32, &str)] = &[(
         status_ts BIGINT NOT NULL, last_seen BIGINT NOT NULL, version TEXT NOT NULL,
         epoch TEXT, profiles TEXT NOT NULL, committed_seq BIGINT, sink_acked_seq BIGINT,
         buffer_bytes BIGINT, oldest_unsent_ts BIGINT);",
-)];
+    ),
+    (
+        2,
+        "CREATE INDEX kpi_site_period ON kpi_records (site, period, window_start);
+         CREATE INDEX kpi_retention ON kpi_records (window_end);
+         CREATE INDEX readings_retention ON readings (ts);",
+    ),
+];
 
 /// The PostgreSQL store; clones share the pool.
 #[derive(Clone)]
@@ -850,5 +859,170 @@ impl Store for PgStore {
             .get(0);
         let v = v.unwrap_or(0);
         u32::try_from(v).map_err(|_| StoreError::Corrupt(format!("schema version {v}")))
+    }
+
+    async fn sites(&self) -> Result<Vec<String>, StoreError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let rows = client
+            .query(
+                "SELECT site FROM streams UNION SELECT site FROM gateways ORDER BY 1",
+                &[],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    async fn site_series(&self, site: String) -> Result<Vec<SeriesInfo>, StoreError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let rows = client
+            .query(
+                "SELECT device, metric, COUNT(*), MIN(ts), MAX(ts) FROM readings
+                 WHERE site = $1 GROUP BY device, metric ORDER BY device, metric",
+                &[&site],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(SeriesInfo {
+                    device: r.get(0),
+                    metric: r.get(1),
+                    readings: to_u64(r.get(2), "count")?,
+                    first_ts: r.get(3),
+                    last_ts: r.get(4),
+                })
+            })
+            .collect()
+    }
+
+    async fn series_points(&self, q: SeriesQuery) -> Result<Vec<Point>, StoreError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let limit = i64::from(q.limit);
+        let rows = client
+            .query(
+                "SELECT ts, value, quality FROM readings
+                 WHERE site = $1 AND device = $2 AND metric = $3 AND ts >= $4 AND ts < $5
+                 ORDER BY ts LIMIT $6",
+                &[&q.site, &q.device, &q.metric, &q.from, &q.to, &limit],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| Point {
+                ts: r.get(0),
+                value: r.get(1),
+                error: r.get::<_, &str>(2) == "error",
+            })
+            .collect())
+    }
+
+    async fn kpis_in_range(&self, q: KpiQuery) -> Result<Vec<StoredKpi>, StoreError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let limit = i64::from(q.limit);
+        let rows = client
+            .query(
+                "SELECT site, gateway, seq, kpi, window_start, window_end, period, tz, numerator,
+                  denominator, value, unit, coverage, quality, tiers, factors, flags,
+                  formula_version
+                 FROM kpi_records
+                 WHERE site = $1 AND period = $2 AND window_start >= $3 AND window_end <= $4
+                 ORDER BY window_start, gateway, epoch, seq LIMIT $5",
+                &[&q.site, &q.period.as_str(), &q.from, &q.to, &limit],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(StoredKpi {
+                    site: r.get(0),
+                    gateway: r.get(1),
+                    seq: to_u64(r.get(2), "seq")?,
+                    record: kpi_of(r, 3)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn kpis_latest(&self, site: String) -> Result<Vec<StoredKpi>, StoreError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let rows = client
+            .query(
+                "SELECT k.site, k.gateway, k.seq, k.kpi, k.window_start, k.window_end, k.period,
+                  k.tz, k.numerator, k.denominator, k.value, k.unit, k.coverage, k.quality,
+                  k.tiers, k.factors, k.flags, k.formula_version
+                 FROM kpi_records k
+                 JOIN (SELECT kpi, period, MAX(window_start) AS ws FROM kpi_records
+                       WHERE site = $1 GROUP BY kpi, period) m
+                   ON k.kpi = m.kpi AND k.period = m.period AND k.window_start = m.ws
+                 WHERE k.site = $1
+                 ORDER BY k.kpi, k.period, k.gateway, k.epoch, k.seq",
+                &[&site],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(StoredKpi {
+                    site: r.get(0),
+                    gateway: r.get(1),
+                    seq: to_u64(r.get(2), "seq")?,
+                    record: kpi_of(r, 3)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn ranges_above(
+        &self,
+        gateway: String,
+        epoch: String,
+        above: u64,
+        limit: u32,
+    ) -> Result<Vec<SeqRange>, StoreError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let above = to_i64(above, "seq")?;
+        let limit = i64::from(limit);
+        let rows = client
+            .query(
+                "SELECT first_seq, last_seq, false FROM ledger
+                   WHERE gateway = $1 AND epoch = $2 AND last_seq > $3
+                 UNION ALL
+                 SELECT first_seq, last_seq, true FROM gaps
+                   WHERE gateway = $1 AND epoch = $2 AND last_seq > $3
+                 ORDER BY 1, 2 LIMIT $4",
+                &[&gateway, &epoch, &above, &limit],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(SeqRange {
+                    first: to_u64(r.get(0), "first_seq")?,
+                    last: to_u64(r.get(1), "last_seq")?,
+                    gap: r.get(2),
+                })
+            })
+            .collect()
+    }
+
+    async fn apply_retention(
+        &self,
+        readings_before: Option<i64>,
+        kpis_before: Option<i64>,
+    ) -> Result<Retained, StoreError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let readings = match readings_before {
+            Some(t) => {
+                client
+                    .execute("DELETE FROM readings WHERE ts < $1", &[&t])
+                    .await?
+            }
+            None => 0,
+        };
+        let kpis = match kpis_before {
+            Some(t) => {
+                client
+                    .execute("DELETE FROM kpi_records WHERE window_end < $1", &[&t])
+                    .await?
+            }
+            None => 0,
+        };
+        Ok(Retained { readings, kpis })
     }
 }

@@ -13,16 +13,18 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 
 use super::ledger::{self, ItemKind, LedgerRange, Plan};
 use super::{
-    Commit, DeadLetter, GatewayInfo, MAX_ACK_STREAMS, Outcome, Quarantined, RawMessage,
-    ReadingsQuery, Store, StoreError, StoredGap, StoredKpi, StoredReading, StreamInfo, enum_name,
-    enum_of, from_json, json_text, run_indices, run_len, to_i64, to_u64,
+    Commit, DeadLetter, GatewayInfo, KpiQuery, MAX_ACK_STREAMS, Outcome, Point, Quarantined,
+    RawMessage, ReadingsQuery, Retained, SeqRange, SeriesInfo, SeriesQuery, Store, StoreError,
+    StoredGap, StoredKpi, StoredReading, StreamInfo, enum_name, enum_of, from_json, json_text,
+    run_indices, run_len, to_i64, to_u64,
 };
 use crate::validate::RejectReason;
 
 /// Schema versions, applied in order; never edit one that shipped, add the next.
-const MIGRATIONS: &[(u32, &str)] = &[(
-    1,
-    "CREATE TABLE streams (
+const MIGRATIONS: &[(u32, &str)] = &[
+    (
+        1,
+        "CREATE TABLE streams (
         gateway TEXT NOT NULL, epoch TEXT NOT NULL, site TEXT NOT NULL,
         watermark INTEGER NOT NULL DEFAULT 0,
         first_seen INTEGER NOT NULL, last_seen INTEGER NOT NULL,
@@ -71,7 +73,14 @@ const MIGRATIONS: &[(u32, &str)] = &[(
         status_ts INTEGER NOT NULL, last_seen INTEGER NOT NULL, version TEXT NOT NULL,
         epoch TEXT, profiles TEXT NOT NULL, committed_seq INTEGER, sink_acked_seq INTEGER,
         buffer_bytes INTEGER, oldest_unsent_ts INTEGER);",
-)];
+    ),
+    (
+        2,
+        "CREATE INDEX kpi_site_period ON kpi_records (site, period, window_start);
+         CREATE INDEX kpi_retention ON kpi_records (window_end);
+         CREATE INDEX readings_retention ON readings (ts);",
+    ),
+];
 
 /// The SQLite store; clones share the connection.
 #[derive(Debug, Clone)]
@@ -807,6 +816,169 @@ impl Store for SqliteStore {
                 .optional()?
                 .flatten()
                 .unwrap_or(0))
+        })
+        .await
+    }
+
+    async fn sites(&self) -> Result<Vec<String>, StoreError> {
+        self.call(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT site FROM streams UNION SELECT site FROM gateways ORDER BY 1",
+            )?;
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn site_series(&self, site: String) -> Result<Vec<SeriesInfo>, StoreError> {
+        self.call(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT device, metric, COUNT(*), MIN(ts), MAX(ts) FROM readings
+                 WHERE site = ?1 GROUP BY device, metric ORDER BY device, metric",
+            )?;
+            let mut rows = stmt.query([site])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                out.push(SeriesInfo {
+                    device: r.get(0)?,
+                    metric: r.get(1)?,
+                    readings: to_u64(r.get(2)?, "count")?,
+                    first_ts: r.get(3)?,
+                    last_ts: r.get(4)?,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn series_points(&self, q: SeriesQuery) -> Result<Vec<Point>, StoreError> {
+        self.call(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT ts, value, quality FROM readings
+                 WHERE site = ?1 AND device = ?2 AND metric = ?3 AND ts >= ?4 AND ts < ?5
+                 ORDER BY ts LIMIT ?6",
+            )?;
+            let mut rows =
+                stmt.query(params![q.site, q.device, q.metric, q.from, q.to, q.limit])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                let quality: String = r.get(2)?;
+                out.push(Point {
+                    ts: r.get(0)?,
+                    value: r.get(1)?,
+                    error: quality == "error",
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn kpis_in_range(&self, q: KpiQuery) -> Result<Vec<StoredKpi>, StoreError> {
+        self.call(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT site, gateway, seq, kpi, window_start, window_end, period, tz, numerator,
+                  denominator, value, unit, coverage, quality, tiers, factors, flags,
+                  formula_version
+                 FROM kpi_records
+                 WHERE site = ?1 AND period = ?2 AND window_start >= ?3 AND window_end <= ?4
+                 ORDER BY window_start, gateway, epoch, seq LIMIT ?5",
+            )?;
+            let mut rows = stmt.query(params![q.site, q.period.as_str(), q.from, q.to, q.limit])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                out.push(StoredKpi {
+                    site: r.get(0)?,
+                    gateway: r.get(1)?,
+                    seq: to_u64(r.get(2)?, "seq")?,
+                    record: kpi_of(r, 3)?,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn kpis_latest(&self, site: String) -> Result<Vec<StoredKpi>, StoreError> {
+        self.call(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT k.site, k.gateway, k.seq, k.kpi, k.window_start, k.window_end, k.period,
+                  k.tz, k.numerator, k.denominator, k.value, k.unit, k.coverage, k.quality,
+                  k.tiers, k.factors, k.flags, k.formula_version
+                 FROM kpi_records k
+                 JOIN (SELECT kpi, period, MAX(window_start) AS ws FROM kpi_records
+                       WHERE site = ?1 GROUP BY kpi, period) m
+                   ON k.kpi = m.kpi AND k.period = m.period AND k.window_start = m.ws
+                 WHERE k.site = ?1
+                 ORDER BY k.kpi, k.period, k.gateway, k.epoch, k.seq",
+            )?;
+            let mut rows = stmt.query([site])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                out.push(StoredKpi {
+                    site: r.get(0)?,
+                    gateway: r.get(1)?,
+                    seq: to_u64(r.get(2)?, "seq")?,
+                    record: kpi_of(r, 3)?,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn ranges_above(
+        &self,
+        gateway: String,
+        epoch: String,
+        above: u64,
+        limit: u32,
+    ) -> Result<Vec<SeqRange>, StoreError> {
+        self.call(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT first_seq, last_seq, 0 FROM ledger
+                   WHERE gateway = ?1 AND epoch = ?2 AND last_seq > ?3
+                 UNION ALL
+                 SELECT first_seq, last_seq, 1 FROM gaps
+                   WHERE gateway = ?1 AND epoch = ?2 AND last_seq > ?3
+                 ORDER BY 1, 2 LIMIT ?4",
+            )?;
+            let mut rows = stmt.query(params![gateway, epoch, to_i64(above, "seq")?, limit])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                out.push(SeqRange {
+                    first: to_u64(r.get(0)?, "first_seq")?,
+                    last: to_u64(r.get(1)?, "last_seq")?,
+                    gap: r.get::<_, i64>(2)? == 1,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn apply_retention(
+        &self,
+        readings_before: Option<i64>,
+        kpis_before: Option<i64>,
+    ) -> Result<Retained, StoreError> {
+        self.call(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let readings = match readings_before {
+                Some(t) => tx.execute("DELETE FROM readings WHERE ts < ?1", [t])?,
+                None => 0,
+            };
+            let kpis = match kpis_before {
+                Some(t) => tx.execute("DELETE FROM kpi_records WHERE window_end < ?1", [t])?,
+                None => 0,
+            };
+            tx.commit()?;
+            Ok(Retained {
+                readings: readings as u64,
+                kpis: kpis as u64,
+            })
         })
         .await
     }

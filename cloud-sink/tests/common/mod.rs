@@ -97,7 +97,13 @@ impl Sink {
     /// Starts the service with the TOML `text` (named sink.toml), and waits until it is
     /// connected to its broker.
     pub async fn start(text: &str, port: u16) -> Self {
-        let config = Config::from_text(Path::new("sink.toml"), text, Vec::new()).unwrap();
+        // The HTTP API on a port the OS picks, unless the test chose.
+        let text = if text.contains("[http]") {
+            text.to_owned()
+        } else {
+            format!("{text}\n[http]\nlisten = \"127.0.0.1:0\"\n")
+        };
+        let config = Config::from_text(Path::new("sink.toml"), &text, Vec::new()).unwrap();
         let stats = SinkStats::default();
         let (stop, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(service::run(config, stats.clone(), async move {
