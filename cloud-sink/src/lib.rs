@@ -23,6 +23,7 @@
 pub mod api;
 pub mod broker;
 pub mod config;
+pub mod dashboard;
 pub mod ingest;
 pub mod service;
 pub mod stats;
