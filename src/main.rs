@@ -187,6 +187,7 @@ async fn demo(args: Args) -> anyhow::Result<()> {
     );
     println!("fivezero: gateway metrics: http://{metrics}/metrics");
     let site = &sim.scenario().site.name;
+    println!("fivezero: dashboard: http://{http}/");
     println!(
         "fivezero: API: http://{http}/api/v1/sites/{site}/kpis/latest (OpenAPI at http://{http}/api/v1/openapi.json)"
     );
