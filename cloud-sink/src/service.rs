@@ -178,7 +178,26 @@ where
             config.retain_kpis,
         ))
     });
+    // systemd (Type=notify): ready once the store is open and the API bound; the watchdog
+    // is petted at half its period; a no-op outside systemd.
+    notify_systemd(&[sd_notify::NotifyState::Ready]);
+    let watchdog = sd_notify::watchdog_enabled().map(|period| {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period / 2);
+            loop {
+                tick.tick().await;
+                notify_systemd(&[sd_notify::NotifyState::Watchdog]);
+            }
+        })
+    });
+    let shutdown = async {
+        shutdown.await;
+        notify_systemd(&[sd_notify::NotifyState::Stopping]);
+    };
     let result = run_ingest(&config, store, stats, shutdown).await;
+    if let Some(task) = watchdog {
+        task.abort();
+    }
     let _ = stop_tx.send(true);
     if let Some(task) = retention {
         task.abort();
@@ -250,4 +269,10 @@ where
     }
     tracing::info!("Stopped.");
     Ok(())
+}
+
+fn notify_systemd(state: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(state) {
+        tracing::debug!(error = %e, "sd_notify failed.");
+    }
 }
