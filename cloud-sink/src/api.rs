@@ -219,7 +219,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/openapi.json", get(openapi_json));
     open.merge(read)
         .merge(admin)
-        .merge(crate::dashboard::router(state.0.store.clone(), state.0.config.clone()))
+        .merge(crate::dashboard::router(
+            state.0.store.clone(),
+            state.0.config.clone(),
+        ))
         .fallback(|| async { ApiError::not_found("no such route".to_owned()) })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
