@@ -3,9 +3,11 @@
 //!
 //! # Invariants (both backends; `store_conformance` tests them on both)
 //!
-//! - **One transaction per message.** A batch's readings (or a KPI batch's records) and its
-//!   ledger rows are written in one transaction, and the stream's watermark is recomputed in
-//!   it. The caller acknowledges MQTT only after [`Store`] returns `Ok` (G5).
+//! - **One transaction per message, or per group of messages.** A batch's readings (or a KPI
+//!   batch's records) and its ledger rows are written in one transaction, and the stream's
+//!   watermark is recomputed in it; [`Store::store_batches`] may put several batches in one
+//!   transaction (all or none commit). The caller acknowledges MQTT only after [`Store`]
+//!   returns `Ok` (G5).
 //! - **Per-stream serialisation.** Every transaction first locks its stream's row in
 //!   `streams` (an upsert), so concurrent sinks writing one stream to PostgreSQL see each
 //!   other's commits before planning (SQLite serialises all writers with `BEGIN IMMEDIATE`).
@@ -370,6 +372,24 @@ pub trait Store: Send + Sync + 'static {
         raw: RawMessage,
     ) -> impl Future<Output = Result<Commit, StoreError>> + Send;
 
+    /// Stores validated batches of readings, each exactly as [`Store::store_batch`] would,
+    /// returning their commits in order. A backend may write them all in one transaction
+    /// (SQLite does: one commit and one fsync for the lot); `Ok` means every one committed,
+    /// `Err` that none or only some did, so the caller retries them (a batch stored again
+    /// is a duplicate and changes nothing). The default stores them one at a time.
+    fn store_batches(
+        &self,
+        batches: Vec<(Batch, RawMessage)>,
+    ) -> impl Future<Output = Result<Vec<Commit>, StoreError>> + Send {
+        async move {
+            let mut commits = Vec::with_capacity(batches.len());
+            for (batch, raw) in batches {
+                commits.push(self.store_batch(batch, raw).await?);
+            }
+            Ok(commits)
+        }
+    }
+
     /// Stores a validated batch of KPI records.
     fn store_kpis(
         &self,
@@ -579,6 +599,12 @@ macro_rules! delegate {
 impl Store for AnyStore {
     async fn store_batch(&self, batch: Batch, raw: RawMessage) -> Result<Commit, StoreError> {
         delegate!(self, store_batch(batch, raw))
+    }
+    async fn store_batches(
+        &self,
+        batches: Vec<(Batch, RawMessage)>,
+    ) -> Result<Vec<Commit>, StoreError> {
+        delegate!(self, store_batches(batches))
     }
     async fn store_kpis(&self, kpis: KpiBatch, raw: RawMessage) -> Result<Commit, StoreError> {
         delegate!(self, store_kpis(kpis, raw))

@@ -416,6 +416,35 @@ async fn status_records_presence_and_buffer_figures<S: Store>(s: S) {
     );
 }
 
+async fn batches_stored_together_have_each_the_outcome_they_would_have_alone<S: Store>(s: S) {
+    s.store_batch(batch(EPOCH, 1, 5, 0.0), raw("t"))
+        .await
+        .unwrap();
+    let commits = s
+        .store_batches(vec![
+            (batch(EPOCH, 6, 5, 0.0), raw("t")),
+            (batch(EPOCH, 1, 5, 0.0), raw("t")),
+            (batch(EPOCH, 11, 5, 0.0), raw("t")),
+            (batch(EPOCH, 1, 5, 1.0), raw("t")),
+        ])
+        .await
+        .unwrap();
+    let outcomes: Vec<_> = commits.iter().map(|c| c.outcome.clone()).collect();
+    assert_eq!(
+        outcomes[..3],
+        [stored(5, 0), Outcome::Duplicate { items: 5 }, stored(5, 0)]
+    );
+    assert!(
+        matches!(outcomes[3], Outcome::Conflict { .. }),
+        "{outcomes:?}"
+    );
+    let acks: Vec<_> = commits.iter().map(|c| c.acks.clone()).collect();
+    assert_eq!(acks, [ack(10), ack(10), ack(15), ack(15)]);
+    assert_eq!(count_readings(&s).await, 15);
+    assert_eq!(s.quarantined(10).await.unwrap().len(), 1);
+    assert_eq!(s.watermarks(GW.into()).await.unwrap(), ack(15));
+}
+
 async fn concurrent_writers_store_each_sequence_once<S: Store + Clone>(s: S) {
     // 4 writers race over the same 40 batches of 5 readings, in different orders.
     let mut tasks = Vec::new();
@@ -518,6 +547,7 @@ conformance!(
     epochs_are_separate_streams_with_their_own_watermarks,
     dead_letters_keep_the_raw_bytes_and_the_reason,
     status_records_presence_and_buffer_figures,
+    batches_stored_together_have_each_the_outcome_they_would_have_alone,
     concurrent_writers_store_each_sequence_once,
     the_schema_is_at_the_latest_version,
 );

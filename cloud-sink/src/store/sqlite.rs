@@ -107,6 +107,11 @@ impl SqliteStore {
             conn.busy_timeout(std::time::Duration::from_secs(10))?;
             conn.pragma_update(None, "journal_mode", "WAL")?;
             conn.pragma_update(None, "synchronous", "FULL")?;
+            // 64 MiB of page cache (the default is 2 MiB): ingest touches leaf pages of four
+            // readings indexes per transaction, and with the default cache they were read
+            // back from the OS on every transaction (ingest benchmark: 60,000 readings per
+            // CPU second with 2 MiB, 86,000 with 64 MiB).
+            conn.pragma_update(None, "cache_size", -65_536)?;
             conn.pragma_update(None, "foreign_keys", "ON")?;
             migrate(&mut conn)?;
             Ok(conn)
@@ -298,15 +303,27 @@ fn store_items(
     raw: &RawMessage,
     insert: InsertFn<'_>,
 ) -> Result<Commit, StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let commit = store_items_in(&tx, items, raw, insert)?;
+    tx.commit()?;
+    Ok(commit)
+}
+
+/// [`store_items`] inside a transaction the caller commits.
+fn store_items_in(
+    tx: &Transaction<'_>,
+    items: &Items<'_>,
+    raw: &RawMessage,
+    insert: InsertFn<'_>,
+) -> Result<Commit, StoreError> {
     let epoch = items.epoch.to_string();
     let last = items.first_seq + u64::from(items.count) - 1;
     let (first_i, last_i) = (
         to_i64(items.first_seq, "first_seq")?,
         to_i64(last, "last_seq")?,
     );
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let watermark = lock_stream(&tx, items.site, items.gateway, &epoch, raw.received_at)?;
-    let existing = overlapping(&tx, items.gateway, &epoch, first_i, last_i)?;
+    let watermark = lock_stream(tx, items.site, items.gateway, &epoch, raw.received_at)?;
+    let existing = overlapping(tx, items.gateway, &epoch, first_i, last_i)?;
     let plan = ledger::plan(
         items.first_seq,
         last,
@@ -358,18 +375,17 @@ fn store_items(
                     hashes,
                     raw.received_at
                 ])?;
-                insert(&tx, range, a)?;
+                insert(tx, range, a)?;
             }
             drop(ledger_stmt);
-            update_watermark(&tx, items.gateway, &epoch, watermark)?;
+            update_watermark(tx, items.gateway, &epoch, watermark)?;
             Outcome::Stored {
                 items: run_len(&runs),
                 duplicates,
             }
         }
     };
-    let acks = acks_of(&tx, items.gateway)?;
-    tx.commit()?;
+    let acks = acks_of(tx, items.gateway)?;
     Ok(Commit { outcome, acks })
 }
 
@@ -489,6 +505,35 @@ impl Store for SqliteStore {
             store_items(conn, &items, &raw, &|tx, range, first| {
                 insert_readings(tx, &batch, &epoch, range, first)
             })
+        })
+        .await
+    }
+
+    /// All in one transaction: one commit (one WAL fsync) for the lot.
+    async fn store_batches(
+        &self,
+        batches: Vec<(Batch, RawMessage)>,
+    ) -> Result<Vec<Commit>, StoreError> {
+        self.call(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut commits = Vec::with_capacity(batches.len());
+            for (batch, raw) in &batches {
+                let items = Items {
+                    site: &batch.site,
+                    gateway: &batch.gateway,
+                    epoch: batch.epoch,
+                    first_seq: batch.first_seq,
+                    count: batch.count,
+                    kind: ItemKind::Readings,
+                    item_hashes: ledger::reading_hashes(&batch.readings),
+                };
+                let epoch = batch.epoch.to_string();
+                commits.push(store_items_in(&tx, &items, raw, &|tx, range, first| {
+                    insert_readings(tx, batch, &epoch, range, first)
+                })?);
+            }
+            tx.commit()?;
+            Ok(commits)
         })
         .await
     }
