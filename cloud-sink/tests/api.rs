@@ -5,6 +5,11 @@
 
 use std::time::Duration;
 
+#[path = "common/http.rs"]
+mod http;
+
+use http::Answer;
+
 use fivezero_model::kpi::{self, Sum, WasteSums};
 use fivezero_model::wire::{
     Batch, BufferState, Epoch, Gap, GapReason, KpiBatch, Period, Presence, Quality, Reading,
@@ -17,7 +22,6 @@ use fivezero_sink::store::postgres::PgStore;
 use fivezero_sink::store::sqlite::SqliteStore;
 use fivezero_sink::store::{AnyStore, RawMessage, Store};
 use serde_json::Value as Json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SITE: &str = "qd-greensail";
 const GW: &str = "gw1";
@@ -204,88 +208,13 @@ async fn serve(store: AnyStore, config: HttpConfig) -> Api {
     Api { addr }
 }
 
-struct Answer {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Answer {
-    fn json(&self) -> Json {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
-    }
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-    /// An error answer: the status, and `{error, detail}` with the code.
-    fn assert_error(&self, status: u16, code: &str) {
-        assert_eq!(self.status, status, "{}", self.body);
-        let j = self.json();
-        assert_eq!(j["error"], code, "{}", self.body);
-        assert!(j["detail"].as_str().is_some_and(|d| !d.is_empty()));
-        assert_eq!(j.as_object().unwrap().len(), 2, "{}", self.body);
-    }
-}
-
 impl Api {
     async fn raw(&self, request: String) -> Answer {
-        let mut s = tokio::net::TcpStream::connect(self.addr).await.unwrap();
-        s.write_all(request.as_bytes()).await.unwrap();
-        let mut buf = Vec::new();
-        tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
-        let text = String::from_utf8(buf).unwrap();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap();
-        let mut lines = head.lines();
-        let status = lines
-            .next()
-            .unwrap()
-            .split(' ')
-            .nth(1)
-            .unwrap()
-            .parse()
-            .unwrap();
-        let headers: Vec<(String, String)> = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-            .collect();
-        let chunked = headers
-            .iter()
-            .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
-        let body = if chunked {
-            let mut out = String::new();
-            let mut rest = body;
-            while let Some((size, after)) = rest.split_once("\r\n") {
-                let n = usize::from_str_radix(size.trim(), 16).unwrap();
-                if n == 0 {
-                    break;
-                }
-                out.push_str(&after[..n]);
-                rest = &after[n + 2..];
-            }
-            out
-        } else {
-            body.to_owned()
-        };
-        Answer {
-            status,
-            headers,
-            body,
-        }
+        http::raw(self.addr, &request).await
     }
 
     async fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> Answer {
-        let mut req = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
-        for (k, v) in headers {
-            req.push_str(&format!("{k}: {v}\r\n"));
-        }
-        req.push_str("\r\n");
-        self.raw(req).await
+        http::get_with(self.addr, path, headers).await
     }
 
     async fn get(&self, path: &str) -> Answer {

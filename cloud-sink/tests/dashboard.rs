@@ -6,6 +6,11 @@
 
 mod common;
 
+#[path = "common/http.rs"]
+mod http;
+
+use http::Answer;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
@@ -21,7 +26,6 @@ use fivezero_sink::stats::SinkStats;
 use fivezero_sink::store::sqlite::SqliteStore;
 use fivezero_sink::store::{AnyStore, RawMessage, Store};
 use serde_json::Value as Json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SITE: &str = "qd-greensail";
 const EPOCH: Epoch = Epoch(0x0123_4567_89ab_cdef);
@@ -202,21 +206,6 @@ fn http_config(tokens: bool) -> HttpConfig {
     }
 }
 
-struct Answer {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
 /// A served sink API (with the dashboard); dropped with the test's runtime.
 struct Served {
     addr: std::net::SocketAddr,
@@ -235,56 +224,7 @@ async fn serve(name: &str, tokens: bool) -> Served {
 
 impl Served {
     async fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> Answer {
-        let mut req = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
-        for (k, v) in headers {
-            req.push_str(&format!("{k}: {v}\r\n"));
-        }
-        req.push_str("\r\n");
-        let mut s = tokio::net::TcpStream::connect(self.addr).await.unwrap();
-        s.write_all(req.as_bytes()).await.unwrap();
-        let mut buf = Vec::new();
-        tokio::time::timeout(common::LIMIT, s.read_to_end(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
-        let text = String::from_utf8(buf).unwrap();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap();
-        let mut lines = head.lines();
-        let status = lines
-            .next()
-            .unwrap()
-            .split(' ')
-            .nth(1)
-            .unwrap()
-            .parse()
-            .unwrap();
-        let headers: Vec<(String, String)> = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-            .collect();
-        let chunked = headers
-            .iter()
-            .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
-        let body = if chunked {
-            let mut out = String::new();
-            let mut rest = body;
-            while let Some((size, after)) = rest.split_once("\r\n") {
-                let n = usize::from_str_radix(size.trim(), 16).unwrap();
-                if n == 0 {
-                    break;
-                }
-                out.push_str(&after[..n]);
-                rest = &after[n + 2..];
-            }
-            out
-        } else {
-            body.to_owned()
-        };
-        Answer {
-            status,
-            headers,
-            body,
-        }
+        http::get_with(self.addr, path, headers).await
     }
 
     async fn get(&self, path: &str) -> Answer {
