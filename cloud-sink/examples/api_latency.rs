@@ -10,7 +10,9 @@
 //! on a port the OS picks and times, over HTTP on loopback, ROUNDS (default 200) requests of
 //! each: a day of 1-minute series (`step=1m`, 1440 buckets) and the month's KPI scorecard
 //! (`period=1mo`, from the daily windows; and the whole month from the hourly windows).
-//! Prints p50 and p99 in milliseconds.
+//! Prints p50 and p99 in milliseconds, then one line `BENCH api_latency key=value …` with the
+//! same figures for the benchmark suite (`bench/`): `series_day_`, `kpi_month_daily_` and
+//! `kpi_month_hourly_` `p50_ms` / `p99_ms`.
 
 use std::time::{Duration, Instant};
 
@@ -170,6 +172,7 @@ async fn main() -> anyhow::Result<()> {
     let month_end = MONTH + DAYS * 86_400_000;
     let queries = [
         (
+            "series_day",
             "day of 1-minute series",
             format!(
                 "/api/v1/sites/{SITE}/series?device=meter-07&metric=electricity.import_energy&from={day}&to={}&step=1m",
@@ -177,15 +180,18 @@ async fn main() -> anyhow::Result<()> {
             ),
         ),
         (
+            "kpi_month_daily",
             "month KPI scorecard (period=1mo, daily windows)",
             format!("/api/v1/sites/{SITE}/kpis?from={MONTH}&to={month_end}&period=1mo"),
         ),
         (
+            "kpi_month_hourly",
             "month KPI scorecard (whole range, hourly windows)",
             format!("/api/v1/sites/{SITE}/kpis?from={MONTH}&to={month_end}"),
         ),
     ];
-    for (name, path) in &queries {
+    let mut bench = format!("BENCH api_latency rounds={rounds}");
+    for (key, name, path) in &queries {
         let (status, bytes) = get(addr, path).await?;
         anyhow::ensure!(status == 200, "{name}: status {status}");
         let mut times = Vec::with_capacity(rounds);
@@ -200,7 +206,13 @@ async fn main() -> anyhow::Result<()> {
             percentile(&times, 0.50),
             percentile(&times, 0.99)
         );
+        bench.push_str(&format!(
+            " {key}_p50_ms={:.2} {key}_p99_ms={:.2} {key}_bytes={bytes}",
+            percentile(&times, 0.50),
+            percentile(&times, 0.99)
+        ));
     }
+    println!("{bench}");
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

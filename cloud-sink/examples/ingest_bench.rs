@@ -18,13 +18,15 @@
 //! - **end to end**: readings / time from the publisher's start until the sink's retained
 //!   watermark has reached the gateway for every sequence (the buffer's `sink_acked_seq`).
 //!
-//! and the sink's peak resident memory (`VmHWM` from `/proc/PID/status`) at the end.
+//! and the sink's peak resident memory (`VmHWM` from `/proc/PID/status`) at the end, the CPU
+//! seconds of the sink and of the gateway side and, for PostgreSQL, of every `postgres`
+//! process (the server does most of that work; other clients of the server count too).
 //!
 //! The broker is the machine's Mosquitto when `FIVEZERO_TEST_MQTT` is set
 //! (`mqtt://127.0.0.1:1883`), else the sink's embedded broker (which then runs inside the
 //! sink process and counts in its CPU and memory). PostgreSQL is `FIVEZERO_TEST_POSTGRES`
-//! (`postgres://postgres@127.0.0.1:5432/test`), in a fresh schema dropped afterwards; without
-//! it the PostgreSQL run is skipped.
+//! (`postgres://postgres@127.0.0.1:5432/test`), in a fresh empty schema (the sink migrates it
+//! when it starts) dropped afterwards; without it the PostgreSQL run is skipped.
 
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
@@ -122,6 +124,23 @@ fn cpu_seconds(pid: &str) -> f64 {
     let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name; 100 Hz clock.
     (ticks(11) + ticks(12)) / 100.0
+}
+
+/// CPU seconds used so far by every process named `postgres` (the server's backends, WAL
+/// writer, checkpointer and the rest; other clients' work on the server counts too).
+fn postgres_cpu_seconds() -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|pid| pid.bytes().all(|b| b.is_ascii_digit()))
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "postgres")
+        })
+        .map(|pid| cpu_seconds(&pid))
+        .sum()
 }
 
 fn sink_binary() -> anyhow::Result<PathBuf> {
@@ -253,6 +272,7 @@ async fn run(
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let started = Instant::now();
     let (sink_cpu0, own_cpu0) = (cpu_seconds(&pid.to_string()), cpu_seconds("self"));
+    let server_cpu0 = postgres_cpu_seconds();
     let running = tokio::spawn(publisher.run(async move {
         let _ = stop_rx.await;
     }));
@@ -282,6 +302,7 @@ async fn run(
     let vm_hwm_kib = vm(pid, "VmHWM:").unwrap_or(peak_rss);
     let sink_cpu = cpu_seconds(&pid.to_string()) - sink_cpu0;
     let own_cpu = cpu_seconds("self") - own_cpu0;
+    let server_cpu = postgres_cpu_seconds() - server_cpu0;
     let (first, last) = (
         first_stored.context("nothing stored")?,
         last_stored.context("not all stored")?,
@@ -301,7 +322,7 @@ async fn run(
     println!(
         "[{name}] stored {total} readings: first to last stored {:.2} s = {:.0} readings/s; \
          publisher start to last watermark {:.2} s = {:.0} readings/s; sink VmHWM {} MiB; \
-         CPU: sink {:.2} s ({:.0} readings per sink CPU second), gateway side {own_cpu:.2} s",
+         CPU: sink {:.2} s ({:.0} readings per sink CPU second), gateway side {own_cpu:.2} s{}",
         figures.span.as_secs_f64(),
         figures.stored_rate,
         end_to_end.as_secs_f64(),
@@ -309,6 +330,11 @@ async fn run(
         figures.vm_hwm_kib / 1024,
         figures.sink_cpu,
         total as f64 / figures.sink_cpu.max(1e-3),
+        if storage.starts_with("postgres") {
+            format!(", PostgreSQL server {server_cpu:.2} s")
+        } else {
+            String::new()
+        },
     );
     Ok(figures)
 }
@@ -361,7 +387,14 @@ async fn main() -> anyhow::Result<()> {
         match std::env::var("FIVEZERO_TEST_POSTGRES") {
             Ok(pg) if !pg.is_empty() => {
                 let schema = format!("fz_bench_{:016x}", rand::random::<u64>());
-                PgStore::open(&pg, Some(&schema)).await?;
+                // An empty schema: the sink migrates it when it starts, as in production.
+                let (client, conn) = tokio_postgres::connect(&pg, tokio_postgres::NoTls).await?;
+                let driver = tokio::spawn(conn);
+                client
+                    .batch_execute(&format!("CREATE SCHEMA {schema}"))
+                    .await?;
+                drop(client);
+                let _ = driver.await;
                 let sep = if pg.contains('?') { '&' } else { '?' };
                 let url = format!("{pg}{sep}options=-c%20search_path%3D{schema}");
                 let r = run("postgres", &url, broker.clone(), readings, &dir).await;

@@ -19,6 +19,10 @@
 //!   `http.request_timeout` (503).
 //! - SQL is parameterised only (the [`Store`] methods).
 //! - KPI ranges are recomputed from stored sums ([`scorecard`]), never by averaging ratios.
+//! - The OpenAPI document says what is served: every operation lists the 400, 413, 431 and
+//!   503 the parsing and limits above can give (and 500 where the database is read), and the
+//!   patterns of `from`, `to`, `step` and `site` are the ones [`params`] enforces.
+//!   `tests/schemathesis.rs` fuzzes the API against the document.
 
 pub mod params;
 pub mod scorecard;
@@ -492,7 +496,9 @@ pub struct Readiness {
 
 /// Readiness.
 #[utoipa::path(get, path = "/readyz", tag = "health",
-    responses((status = 200, body = Readiness), (status = 503, body = Readiness)))]
+    responses((status = 200, description = "Ready", body = Readiness),
+        (status = 503, description = "Not ready: the database did not answer within 2 s or ingest \
+            is not connected", body = Readiness)))]
 async fn readyz(State(state): State<ApiState>, RawQuery(q): RawQuery) -> ApiResult<Response> {
     no_params(q.as_deref())?;
     let database = tokio::time::timeout(
@@ -515,7 +521,8 @@ async fn readyz(State(state): State<ApiState>, RawQuery(q): RawQuery) -> ApiResu
 
 /// The counters in the Prometheus text format.
 #[utoipa::path(get, path = "/metrics", tag = "health",
-    responses((status = 200, description = "OpenMetrics text", body = String)))]
+    responses((status = 200, description = "OpenMetrics text", body = String,
+        content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8")))]
 async fn prometheus(State(state): State<ApiState>, RawQuery(q): RawQuery) -> ApiResult<Response> {
     no_params(q.as_deref())?;
     Ok((
@@ -599,7 +606,7 @@ pub struct Gateways {
 
 /// The gateways of a site, from their birth and will messages.
 #[utoipa::path(get, path = "/api/v1/sites/{site}/gateways", tag = "sites", security(("bearer" = [])),
-    params(("site" = String, Path, description = "Site id")),
+    params(SitePath),
     responses((status = 200, body = Gateways), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn gateways(
@@ -655,7 +662,7 @@ pub struct Devices {
 
 /// The devices of a site, from the readings stored.
 #[utoipa::path(get, path = "/api/v1/sites/{site}/devices", tag = "sites", security(("bearer" = [])),
-    params(("site" = String, Path, description = "Site id")),
+    params(SitePath),
     responses((status = 200, body = Devices), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn devices(
@@ -716,7 +723,7 @@ pub struct Metrics {
 
 /// The metrics of a site, with the catalogue's unit and kind.
 #[utoipa::path(get, path = "/api/v1/sites/{site}/metrics", tag = "sites", security(("bearer" = [])),
-    params(("site" = String, Path, description = "Site id")),
+    params(SitePath),
     responses((status = 200, body = Metrics), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn metrics(
@@ -759,21 +766,91 @@ async fn metrics(
 #[into_params(parameter_in = Query)]
 pub struct SeriesParams {
     /// Device name.
+    #[param(example = "grid-meter")]
     pub device: String,
     /// Metric id.
+    #[param(example = "electricity.import_energy")]
     pub metric: String,
     /// Start, RFC 3339 or UTC ms, inclusive.
+    #[param(
+        pattern = "^([0-9]{1,15}|[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2}))$",
+        example = "2026-06-01T00:00:00Z"
+    )]
     pub from: String,
     /// End, RFC 3339 or UTC ms, exclusive.
+    #[param(
+        pattern = "^([0-9]{1,15}|[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2}))$",
+        example = "2026-06-02T00:00:00Z"
+    )]
     pub to: String,
-    /// Bucket length (`1m`, `15m`, `1h`); default: the shortest of 1m, 5m, 15m, 1h, 1d
-    /// giving at most 1440 buckets.
+    /// Bucket length, a whole number of `s`, `m`, `h` or `d` (`1m`, `15m`, `1h`); default:
+    /// the shortest of 1m, 5m, 15m, 1h, 1d giving at most 1440 buckets.
+    #[param(pattern = "^[1-9][0-9]{0,5}[smhd]$", example = "1h")]
     pub step: Option<String>,
-    /// `avg`, `min`, `max`, `sum`, `last` or `delta`; default `delta` for counters, `last`
-    /// for states, `avg` otherwise. `delta` is for counters only.
+    /// Default `delta` for counters, `last` for states, `avg` otherwise. `delta` is for
+    /// counters only.
+    #[param(value_type = Option<AggName>)]
     pub agg: Option<String>,
     /// `json` (default) or `csv`; `Accept: text/csv` also gives CSV.
+    #[param(value_type = Option<FormatName>)]
     pub format: Option<String>,
+}
+
+/// How the readings of a bucket are combined.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AggName {
+    /// Arithmetic mean.
+    Avg,
+    /// Smallest value.
+    Min,
+    /// Largest value.
+    Max,
+    /// Sum of values.
+    Sum,
+    /// The last value.
+    Last,
+    /// Counter increase, resets handled.
+    Delta,
+}
+
+/// The answer's format.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum FormatName {
+    /// `application/json`.
+    Json,
+    /// `text/csv`.
+    Csv,
+}
+
+/// A KPI scorecard period.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+pub enum PeriodName {
+    /// One scorecard per stored 15-minute window.
+    #[serde(rename = "15m")]
+    FifteenMinutes,
+    /// One scorecard per stored hourly window.
+    #[serde(rename = "1h")]
+    Hour,
+    /// One scorecard per stored daily window.
+    #[serde(rename = "1d")]
+    Day,
+    /// One scorecard per local calendar month, from the daily windows.
+    #[serde(rename = "1mo")]
+    Month,
+}
+
+/// The site of a `/api/v1/sites/{site}/…` route.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct SitePath {
+    /// Site id, as the gateways publish it: no `/`, `+`, `#` or control characters.
+    #[param(
+        pattern = "^[^/+#\\u0000-\\u001f\\u007f-\\u009f]+$",
+        example = "qingdao-greensail"
+    )]
+    pub site: String,
 }
 
 /// One bucket.
@@ -816,9 +893,10 @@ pub struct Series {
 
 /// Time buckets of one device's metric; counters by delta.
 #[utoipa::path(get, path = "/api/v1/sites/{site}/series", tag = "data", security(("bearer" = [])),
-    params(("site" = String, Path, description = "Site id"), SeriesParams),
-    responses((status = 200, body = Series, content_type = "application/json"),
-        (status = 200, description = "CSV: time,ts,value,count", body = String, content_type = "text/csv"),
+    params(SitePath, SeriesParams),
+    responses((status = 200, description = "The buckets: JSON, or CSV (time,ts,value,count) with \
+            `format=csv` or `Accept: text/csv`",
+            content((Series = "application/json"), (String = "text/csv"))),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn series_handler(
@@ -936,14 +1014,24 @@ async fn series_handler(
 #[into_params(parameter_in = Query)]
 pub struct KpiParams {
     /// Start, RFC 3339 or UTC ms: windows starting at or after it.
+    #[param(
+        pattern = "^([0-9]{1,15}|[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2}))$",
+        example = "2026-06-01T00:00:00Z"
+    )]
     pub from: String,
     /// End, RFC 3339 or UTC ms: windows ending at or before it.
+    #[param(
+        pattern = "^([0-9]{1,15}|[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2}))$",
+        example = "2026-06-02T00:00:00Z"
+    )]
     pub to: String,
     /// `15m`, `1h`, `1d` (one scorecard per stored window of that length) or `1mo` (one per
     /// local calendar month, from the daily windows). Default: one scorecard for the whole
     /// range, from the hourly windows.
+    #[param(value_type = Option<PeriodName>)]
     pub period: Option<String>,
     /// `json` (default) or `csv`; `Accept: text/csv` also gives CSV.
+    #[param(value_type = Option<FormatName>)]
     pub format: Option<String>,
 }
 
@@ -1054,9 +1142,11 @@ fn month_of(ms: i64, tz: &str) -> Option<(i64, i64)> {
 
 /// KPI scorecards recomputed for any range from the stored window sums.
 #[utoipa::path(get, path = "/api/v1/sites/{site}/kpis", tag = "kpis", security(("bearer" = [])),
-    params(("site" = String, Path, description = "Site id"), KpiParams),
-    responses((status = 200, body = Scorecards, content_type = "application/json"),
-        (status = 200, description = "CSV: start,end,kpi,unit,value,numerator,denominator,coverage,quality,tier_a,tier_z,windows,windows_expected", body = String, content_type = "text/csv"),
+    params(SitePath, KpiParams),
+    responses((status = 200, description = "The scorecards: JSON, or CSV (start,end,kpi,unit,\
+            value,numerator,denominator,coverage,quality,tier_a,tier_z,windows,windows_expected) \
+            with `format=csv` or `Accept: text/csv`",
+            content((Scorecards = "application/json"), (String = "text/csv"))),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn kpis(
@@ -1205,7 +1295,7 @@ pub struct LatestKpis {
 
 /// The latest closed window of every KPI, per period.
 #[utoipa::path(get, path = "/api/v1/sites/{site}/kpis/latest", tag = "kpis", security(("bearer" = [])),
-    params(("site" = String, Path, description = "Site id")),
+    params(SitePath),
     responses((status = 200, body = LatestKpis), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn kpis_latest(
@@ -1253,8 +1343,16 @@ async fn kpis_latest(
 #[into_params(parameter_in = Query)]
 pub struct CoverageParams {
     /// Streams active at or after this (RFC 3339 or UTC ms); default: all.
+    #[param(
+        pattern = "^([0-9]{1,15}|[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2}))$",
+        example = "2026-06-01T00:00:00Z"
+    )]
     pub from: Option<String>,
     /// Streams active before this (RFC 3339 or UTC ms); default: all.
+    #[param(
+        pattern = "^([0-9]{1,15}|[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2}))$",
+        example = "2026-06-02T00:00:00Z"
+    )]
     pub to: Option<String>,
 }
 
@@ -1314,7 +1412,7 @@ const MAX_LISTED: u32 = 1000;
 
 /// Per gateway stream: received, declared gaps, missing ranges.
 #[utoipa::path(get, path = "/api/v1/sites/{site}/coverage", tag = "data", security(("bearer" = [])),
-    params(("site" = String, Path, description = "Site id"), CoverageParams),
+    params(SitePath, CoverageParams),
     responses((status = 200, body = Coverage), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn coverage(
@@ -1412,6 +1510,7 @@ async fn coverage(
 #[into_params(parameter_in = Query)]
 pub struct LimitParams {
     /// Most entries, newest first (1..=1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
 }
 
@@ -1540,13 +1639,98 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
+/// The answers every operation can give besides its own: the limits of [`limits`] apply to
+/// every route, every route parses its query strictly, and the routes behind a token read
+/// the database, which can fail.
+struct CommonErrors;
+
+impl utoipa::Modify for CommonErrors {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::schema::OneOfBuilder;
+        use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+        let error = |description: &str| {
+            RefOr::T(
+                ResponseBuilder::new()
+                    .description(description)
+                    .content(
+                        "application/json",
+                        ContentBuilder::new()
+                            .schema(Some(Ref::from_schema_name("ErrorBody")))
+                            .build(),
+                    )
+                    .build(),
+            )
+        };
+        let all: [(&str, &str); 4] = [
+            (
+                "400",
+                "`bad_query`: an unknown, repeated or malformed query parameter",
+            ),
+            (
+                "413",
+                "`body_too_large`: a request body over `http.max_body_size`",
+            ),
+            (
+                "431",
+                "`headers_too_large`: headers over `http.max_header_size`",
+            ),
+            (
+                "503",
+                "`busy`: `http.max_concurrency` requests already running; `timeout`: over \
+                 `http.request_timeout`; `unavailable`: the database is unreachable. Retry after \
+                 the seconds in `Retry-After`",
+            ),
+        ];
+        for item in openapi.paths.paths.values_mut() {
+            let Some(op) = item.get.as_mut() else {
+                continue;
+            };
+            let reads_database = op.security.is_some();
+            let responses = &mut op.responses.responses;
+            for (status, description) in all {
+                match responses.get_mut(status) {
+                    None => {
+                        responses.insert(status.to_owned(), error(description));
+                    }
+                    // `/readyz` answers 503 with its own body when not ready: either body.
+                    Some(RefOr::T(r)) => {
+                        for content in r.content.values_mut() {
+                            if let Some(own) = content.schema.take_if(|o| !is_error_body(o)) {
+                                content.schema = Some(
+                                    OneOfBuilder::new()
+                                        .item(own)
+                                        .item(Ref::from_schema_name("ErrorBody"))
+                                        .into(),
+                                );
+                                r.description = format!("{}; or {description}", r.description);
+                            }
+                        }
+                    }
+                    Some(RefOr::Ref(_)) => {}
+                }
+            }
+            if reads_database && !responses.contains_key("500") {
+                responses.insert("500".to_owned(), error(INTERNAL));
+            }
+        }
+    }
+}
+
+const INTERNAL: &str =
+    "`internal`: the query failed in the database (the sink's log has the cause)";
+
+fn is_error_body(schema: &utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>) -> bool {
+    matches!(schema, utoipa::openapi::RefOr::Ref(r) if r.ref_location.ends_with("/ErrorBody"))
+}
+
 /// The OpenAPI document, generated from the handlers' annotations.
 #[derive(OpenApi)]
 #[openapi(
     info(title = "fivezero sink API", description = "Read-only queries over what the cloud sink stored: sites, gateways, series, five-zero KPI scorecards recomputed from stored sums, coverage."),
     paths(healthz, readyz, prometheus, openapi_json, sites, gateways, devices, metrics,
         series_handler, kpis, kpis_latest, coverage, dead_letters, quarantine),
-    modifiers(&BearerAuth)
+    components(schemas(ErrorBody, AggName, FormatName, PeriodName)),
+    modifiers(&BearerAuth, &CommonErrors)
 )]
 #[derive(Debug)]
 pub struct ApiDoc;

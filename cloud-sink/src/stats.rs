@@ -21,6 +21,7 @@ struct Inner {
     statuses: AtomicU64,
     ignored: AtomicU64,
     acks_published: AtomicU64,
+    acks_republished: AtomicU64,
     store_errors: AtomicU64,
     connections: AtomicU64,
     broker_connected: AtomicBool,
@@ -55,6 +56,9 @@ pub struct StatsSnapshot {
     pub ignored: u64,
     /// Retained ack watermarks published.
     pub acks_published: u64,
+    /// Retained ack watermarks republished because another sink's message left the topic
+    /// below what this sink had computed (several sinks in a shared subscription).
+    pub acks_republished: u64,
     /// Database failures (the message was not acknowledged and will be redelivered).
     pub store_errors: u64,
     /// Successful connections to the broker.
@@ -117,6 +121,11 @@ impl SinkStats {
     /// A watermark was published.
     pub fn ack_published(&self) {
         add(&self.0.acks_published, 1);
+    }
+
+    /// A watermark was republished over a lower one from another sink.
+    pub fn ack_republished(&self) {
+        add(&self.0.acks_republished, 1);
     }
 
     /// The database failed.
@@ -209,6 +218,12 @@ impl SinkStats {
         );
         counter(
             &mut r,
+            "acks_republished",
+            "Retained ack watermarks republished over a lower one from another sink",
+            s.acks_republished,
+        );
+        counter(
+            &mut r,
             "store_errors",
             "Database failures (message redelivered later)",
             s.store_errors,
@@ -269,6 +284,7 @@ impl SinkStats {
             statuses: get(&i.statuses),
             ignored: get(&i.ignored),
             acks_published: get(&i.acks_published),
+            acks_republished: get(&i.acks_republished),
             store_errors: get(&i.store_errors),
             connections: get(&i.connections),
             dead_letters: i

@@ -29,15 +29,19 @@
 //! |---|---|---|
 //! | `streams` | (gateway, epoch) | site, watermark, first and last seen |
 //! | `ledger` | (gateway, epoch, first_seq) | stored ranges: last_seq, count, kind, hash, item hashes |
-//! | `readings` | none (index on gateway, epoch, seq) | one row per reading, `ts` in UTC ms |
+//! | `readings` | none (indexes below) | one row per reading, `ts` in UTC ms |
 //! | `kpi_records` | none (index on gateway, epoch, seq) | one row per KPI record |
 //! | `gaps` | (gateway, epoch, first_seq, count) | declared gaps |
 //! | `dead_letters` | id | refused messages: raw bytes, topic, reason, detail |
 //! | `quarantine` | id | conflicting duplicates: raw bytes and what conflicted |
 //! | `gateways` | gateway | last status: online/offline, last seen, version, buffer figures |
 //!
-//! Query indexes: `readings (site, device, metric, ts)` for series, `kpi_records (site,
-//! period, window_start)` for scorecards (migration 2).
+//! Query indexes: `readings (site, device, metric, ts)` for a site's series and their points,
+//! `readings (ts)` for retention, `kpi_records (site, period, window_start)` for scorecards
+//! (migration 2). `readings` has no other index: every index costs ingest one more b-tree
+//! insertion per reading, so migration 3 dropped `readings (site, metric, ts)` and
+//! `readings (gateway, epoch, seq)`, which no query of the API used (dedupe is the ledger's
+//! job; [`Store::readings`], for tests and diagnosis, scans).
 //!
 //! Epochs are stored as their 16-hex-digit text; sequences and timestamps as signed 64-bit
 //! integers (the validator refuses sequences above `i64::MAX`).
@@ -47,8 +51,9 @@ pub mod postgres;
 pub mod sqlite;
 
 use std::future::Future;
+use std::sync::Arc;
 
-use fivezero_model::wire::{Batch, Gap, KpiBatch, Status, StreamAck};
+use fivezero_model::wire::{Batch, Gap, KpiBatch, Quality, Status, StreamAck};
 
 use crate::validate::RejectReason;
 
@@ -107,6 +112,47 @@ pub struct RawMessage {
     pub payload: Vec<u8>,
     /// When the sink took it, UTC ms.
     pub received_at: i64,
+}
+
+/// A validated batch of readings with its ledger item hashes, computed once by
+/// [`HashedBatch::new`] (in the ingest pipeline's preparing stage, before the database
+/// transaction, so the database thread only plans and writes).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HashedBatch {
+    batch: Batch,
+    item_hashes: Vec<u8>,
+    raw: RawMessage,
+}
+
+impl HashedBatch {
+    /// Hashes every reading of `batch` ([`ledger::reading_hashes`]).
+    #[must_use]
+    pub fn new(batch: Batch, raw: RawMessage) -> Self {
+        let item_hashes = ledger::reading_hashes(&batch.readings);
+        Self {
+            batch,
+            item_hashes,
+            raw,
+        }
+    }
+
+    /// The batch.
+    #[must_use]
+    pub const fn batch(&self) -> &Batch {
+        &self.batch
+    }
+
+    /// The raw message it came in.
+    #[must_use]
+    pub const fn raw(&self) -> &RawMessage {
+        &self.raw
+    }
+
+    /// [`ITEM_HASH_LEN`](ledger::ITEM_HASH_LEN) bytes per reading, in sequence order.
+    #[must_use]
+    pub fn item_hashes(&self) -> &[u8] {
+        &self.item_hashes
+    }
 }
 
 /// What happened to a batch, KPI batch or gap.
@@ -365,30 +411,32 @@ pub struct Retained {
 ///
 /// Every write is one transaction; `Ok` means committed.
 pub trait Store: Send + Sync + 'static {
-    /// Stores a validated batch of readings (see the [module documentation](self)).
+    /// Stores a validated batch of readings (see the [module documentation](self)): hashes
+    /// it ([`HashedBatch::new`]) and stores it as a group of one.
     fn store_batch(
         &self,
         batch: Batch,
         raw: RawMessage,
-    ) -> impl Future<Output = Result<Commit, StoreError>> + Send;
-
-    /// Stores validated batches of readings, each exactly as [`Store::store_batch`] would,
-    /// returning their commits in order. A backend may write them all in one transaction
-    /// (SQLite does: one commit and one fsync for the lot); `Ok` means every one committed,
-    /// `Err` that none or only some did, so the caller retries them (a batch stored again
-    /// is a duplicate and changes nothing). The default stores them one at a time.
-    fn store_batches(
-        &self,
-        batches: Vec<(Batch, RawMessage)>,
-    ) -> impl Future<Output = Result<Vec<Commit>, StoreError>> + Send {
+    ) -> impl Future<Output = Result<Commit, StoreError>> + Send {
         async move {
-            let mut commits = Vec::with_capacity(batches.len());
-            for (batch, raw) in batches {
-                commits.push(self.store_batch(batch, raw).await?);
-            }
-            Ok(commits)
+            let hashed = Arc::new(HashedBatch::new(batch, raw));
+            let mut commits = self.store_batches(vec![hashed]).await?;
+            commits
+                .pop()
+                .ok_or_else(|| StoreError::Worker("no commit for the batch".to_owned()))
         }
     }
+
+    /// Stores validated batches of readings in one transaction, each with the outcome it
+    /// would have alone, returning their commits in order: one commit (one fsync) for the
+    /// lot. `Ok` means every one committed, `Err` that none did, so the caller may retry them
+    /// (a batch stored again is a duplicate and changes nothing). The batches come hashed and
+    /// shared, so the caller keeps them for a retry and the hashing is done before the
+    /// database is busy.
+    fn store_batches(
+        &self,
+        batches: Vec<Arc<HashedBatch>>,
+    ) -> impl Future<Output = Result<Vec<Commit>, StoreError>> + Send;
 
     /// Stores a validated batch of KPI records.
     fn store_kpis(
@@ -602,7 +650,7 @@ impl Store for AnyStore {
     }
     async fn store_batches(
         &self,
-        batches: Vec<(Batch, RawMessage)>,
+        batches: Vec<Arc<HashedBatch>>,
     ) -> Result<Vec<Commit>, StoreError> {
         delegate!(self, store_batches(batches))
     }
@@ -721,6 +769,16 @@ pub(crate) fn enum_of<T: serde::de::DeserializeOwned>(name: &str) -> Result<T, S
         .map_err(|e| StoreError::Corrupt(format!("enum column {name:?}: {e}")))
 }
 
+/// The wire name of a reading's quality (`good`, `stale`, `error`): what [`enum_name`]
+/// gives, without going through serde for every reading.
+pub(crate) const fn quality_name(quality: Quality) -> &'static str {
+    match quality {
+        Quality::Good => "good",
+        Quality::Stale => "stale",
+        Quality::Error => "error",
+    }
+}
+
 /// The sequences a plan stores, in message order, as `(first, last)` index ranges into the
 /// message's entries.
 pub(crate) fn run_indices(first_seq: u64, runs: &[(u64, u64)]) -> Vec<std::ops::Range<usize>> {
@@ -758,6 +816,45 @@ mod tests {
         ));
         assert!(StorageUrl::parse("mysql://x").is_err());
         assert!(StorageUrl::parse("sqlite://").is_err());
+    }
+
+    #[test]
+    fn quality_names_are_the_wire_names() {
+        for q in [Quality::Good, Quality::Stale, Quality::Error] {
+            assert_eq!(quality_name(q), enum_name(&q));
+        }
+    }
+
+    #[test]
+    fn a_hashed_batch_carries_the_ledger_hashes_of_its_readings() {
+        use fivezero_model::wire::{Epoch, Reading, SCHEMA_VERSION, Value};
+        let batch = Batch {
+            schema: SCHEMA_VERSION,
+            gateway: "gw".into(),
+            site: "s".into(),
+            epoch: Epoch(1),
+            first_seq: 1,
+            count: 2,
+            readings: (0..2)
+                .map(|i| Reading {
+                    ts: i,
+                    device: "d".into(),
+                    metric: "m".into(),
+                    value: Some(Value::Number(1.0)),
+                    quality: Quality::Good,
+                    reason: None,
+                })
+                .collect(),
+        };
+        let raw = RawMessage {
+            topic: "t".into(),
+            payload: Vec::new(),
+            received_at: 0,
+        };
+        let h = HashedBatch::new(batch.clone(), raw);
+        assert_eq!(h.item_hashes(), ledger::reading_hashes(&batch.readings));
+        assert_eq!(h.item_hashes().len(), 2 * ledger::ITEM_HASH_LEN);
+        assert_eq!(h.batch(), &batch);
     }
 
     #[test]

@@ -5,195 +5,25 @@
 
 use std::time::Duration;
 
+mod common;
+
 #[path = "common/http.rs"]
 mod http;
 
 use http::Answer;
 
-use fivezero_model::kpi::{self, Sum, WasteSums};
-use fivezero_model::wire::{
-    Batch, BufferState, Epoch, Gap, GapReason, KpiBatch, Period, Presence, Quality, Reading,
-    SCHEMA_VERSION, Status, Value, Window,
-};
+#[path = "common/fixture.rs"]
+mod fixture;
+
+use common::{LIMIT, eventually};
 use fivezero_sink::api::{self, ApiState};
-use fivezero_sink::config::{ApiToken, HttpConfig, Scope, hash_token};
+use fivezero_sink::config::HttpConfig;
 use fivezero_sink::stats::SinkStats;
 use fivezero_sink::store::postgres::PgStore;
 use fivezero_sink::store::sqlite::SqliteStore;
-use fivezero_sink::store::{AnyStore, RawMessage, Store};
+use fivezero_sink::store::{AnyStore, Store};
+use fixture::{ADMIN, DAY, EPOCH, GW, METER, READ, SITE, batch, fill, http_config, raw, reading};
 use serde_json::Value as Json;
-
-const SITE: &str = "qd-greensail";
-const GW: &str = "gw1";
-const EPOCH: Epoch = Epoch(0x0123_4567_89ab_cdef);
-/// 2026-06-01T00:00:00Z.
-const DAY: i64 = 1_780_272_000_000;
-const READ: &str = "read-token-0123456789";
-const ADMIN: &str = "admin-token-0123456789";
-
-fn raw() -> RawMessage {
-    RawMessage {
-        topic: "t".into(),
-        payload: b"{}".to_vec(),
-        received_at: DAY,
-    }
-}
-
-fn reading(ts: i64, device: &str, metric: &str, v: f64) -> Reading {
-    Reading {
-        ts,
-        device: device.into(),
-        metric: metric.into(),
-        value: Some(Value::Number(v)),
-        quality: Quality::Good,
-        reason: None,
-    }
-}
-
-fn batch(first: u64, readings: Vec<Reading>) -> Batch {
-    Batch {
-        schema: SCHEMA_VERSION,
-        gateway: GW.into(),
-        site: SITE.into(),
-        epoch: EPOCH,
-        first_seq: first,
-        count: u32::try_from(readings.len()).unwrap(),
-        readings,
-    }
-}
-
-fn hour(i: i64) -> Window {
-    Window {
-        start: DAY + i * 3_600_000,
-        end: DAY + (i + 1) * 3_600_000,
-        period: Period::Hour,
-        tz: "Asia/Shanghai".into(),
-    }
-}
-
-fn waste(i: i64, received: f64, recovered: f64) -> Vec<fivezero_model::wire::KpiRecord> {
-    kpi::zero_waste(
-        &hour(i),
-        &WasteSums {
-            received: Some(Sum::exact(received)),
-            stock_drawn: None,
-            material: Some(Sum::exact(recovered / 2.0)),
-            energy: Some(Sum::exact(recovered / 2.0)),
-            landfill: Some(Sum::exact(received - recovered)),
-            stock_change: None,
-        },
-    )
-}
-
-/// Known data: a day of 1-minute energy counter readings (+1 kWh a minute) on `meter`,
-/// ten temperatures on `weather`, a declared gap 1451..=1460, a hole 1461..=1470, a batch
-/// at 1471..=1475, two hourly zero-waste windows (50 % on 1 t, 100 % on 99 t), a status.
-async fn fill(s: &AnyStore) {
-    let energy: Vec<Reading> = (0..1440)
-        .map(|m| {
-            reading(
-                DAY + m * 60_000,
-                "meter",
-                "electricity.import_energy",
-                100.0 + m as f64,
-            )
-        })
-        .collect();
-    s.store_batch(batch(1, energy), raw()).await.unwrap();
-    let temps: Vec<Reading> = (0..10)
-        .map(|i| {
-            reading(
-                DAY + i * 60_000,
-                "weather",
-                "ambient.temperature",
-                20.0 + i as f64,
-            )
-        })
-        .collect();
-    s.store_batch(batch(1441, temps), raw()).await.unwrap();
-    s.store_gap(
-        Gap {
-            schema: SCHEMA_VERSION,
-            gateway: GW.into(),
-            site: SITE.into(),
-            epoch: EPOCH,
-            first_seq: 1451,
-            count: 10,
-            reason: GapReason::BufferFull,
-            declared_at: DAY,
-        },
-        DAY,
-    )
-    .await
-    .unwrap();
-    let late: Vec<Reading> = (0..5)
-        .map(|i| reading(DAY + 3_600_000 + i, "weather", "ambient.temperature", 30.0))
-        .collect();
-    s.store_batch(batch(1471, late), raw()).await.unwrap();
-    let mut records = waste(0, 1.0, 0.5);
-    records.extend(waste(1, 99.0, 99.0));
-    s.store_kpis(
-        KpiBatch {
-            schema: SCHEMA_VERSION,
-            gateway: GW.into(),
-            site: SITE.into(),
-            epoch: EPOCH,
-            first_seq: 1476,
-            count: u32::try_from(records.len()).unwrap(),
-            records,
-        },
-        raw(),
-    )
-    .await
-    .unwrap();
-    s.store_status(
-        Status {
-            schema: SCHEMA_VERSION,
-            gateway: GW.into(),
-            site: SITE.into(),
-            state: Presence::Online,
-            ts: DAY,
-            version: "0.1.0".into(),
-            epoch: Some(EPOCH),
-            profiles: vec![],
-            buffer: Some(BufferState {
-                committed_seq: 1500,
-                published_seq: 1490,
-                broker_acked_seq: 1490,
-                sink_acked_seq: 1460,
-                bytes: 1,
-                oldest_unsent_ts: None,
-            }),
-        },
-        DAY,
-    )
-    .await
-    .unwrap();
-}
-
-fn http_config() -> HttpConfig {
-    HttpConfig {
-        listen: Some("127.0.0.1:0".parse().unwrap()),
-        tokens: vec![
-            token("dash", Scope::Read, READ),
-            token("ops", Scope::Admin, ADMIN),
-        ],
-        ..HttpConfig::default()
-    }
-}
-
-fn token(name: &str, scope: Scope, secret: &str) -> ApiToken {
-    let hex = hash_token(secret);
-    let mut sha256 = [0u8; 32];
-    for (i, b) in sha256.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&hex[i * 2..i * 2 + 2], 16).unwrap();
-    }
-    ApiToken {
-        name: name.into(),
-        scope,
-        sha256,
-    }
-}
 
 /// A served API; dropped with the test's runtime.
 struct Api {
@@ -257,7 +87,7 @@ async fn sites_gateways_devices_and_metrics_list_the_known_data(s: AnyStore) {
         .iter()
         .map(|d| d["device"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["meter", "weather"]);
+    assert_eq!(names, [METER, "weather"]);
     assert_eq!(j["devices"][0]["readings"], 1440);
     let j = api
         .get(&format!("/api/v1/sites/{SITE}/metrics"))
@@ -268,7 +98,7 @@ async fn sites_gateways_devices_and_metrics_list_the_known_data(s: AnyStore) {
     assert_eq!(m[0]["kind"], "gauge");
     assert_eq!(m[1]["metric"], "electricity.import_energy");
     assert_eq!(m[1]["kind"], "counter");
-    assert_eq!(m[1]["devices"], serde_json::json!(["meter"]));
+    assert_eq!(m[1]["devices"], serde_json::json!([METER]));
 }
 
 async fn series_buckets_counters_by_delta_and_gauges_by_mean(s: AnyStore) {
@@ -276,7 +106,7 @@ async fn series_buckets_counters_by_delta_and_gauges_by_mean(s: AnyStore) {
     let api = serve(s, http_config()).await;
     let j = api
         .get(&format!(
-            "/api/v1/sites/{SITE}/series?device=meter&metric=electricity.import_energy&{}&step=1h",
+            "/api/v1/sites/{SITE}/series?device={METER}&metric=electricity.import_energy&{}&step=1h",
             day_range()
         ))
         .await
@@ -314,7 +144,7 @@ async fn series_and_kpis_answer_csv_by_accept_or_format(s: AnyStore) {
     fill(&s).await;
     let api = serve(s, http_config()).await;
     let path = format!(
-        "/api/v1/sites/{SITE}/series?device=meter&metric=electricity.import_energy&{}&step=6h",
+        "/api/v1/sites/{SITE}/series?device={METER}&metric=electricity.import_energy&{}&step=6h",
         day_range()
     );
     let a = api
@@ -481,7 +311,7 @@ async fn hostile_queries_get_the_right_4xx_as_json(s: AnyStore) {
     )
     .await;
     let series =
-        format!("/api/v1/sites/{SITE}/series?device=meter&metric=electricity.import_energy");
+        format!("/api/v1/sites/{SITE}/series?device={METER}&metric=electricity.import_energy");
     let cases: Vec<(String, u16, &str)> = vec![
         (
             format!("{series}&{}&colour=red", day_range()),
@@ -739,6 +569,193 @@ on_both_backends!(
 );
 
 // ------------------------------------------------------------------------------------------
+// Limits: concurrency, request timeout, header and body sizes
+// ------------------------------------------------------------------------------------------
+
+/// A runtime whose blocking pool has a single thread. The SQLite store runs every call on
+/// that pool, so a test that occupies the thread ([`hold_database`]) keeps every request
+/// that reads the database in flight for as long as it wants, with no timing involved.
+fn runtime_with_one_blocking_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// The blocking thread, held until this is dropped.
+struct DatabaseHeld(#[allow(dead_code)] std::sync::mpsc::Sender<()>);
+
+/// Occupies the runtime's only blocking thread; returns once it is occupied.
+async fn hold_database() -> DatabaseHeld {
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let (held, is_held) = tokio::sync::oneshot::channel::<()>();
+    drop(tokio::task::spawn_blocking(move || {
+        let _ = held.send(());
+        // Returns when the sender is dropped.
+        let _ = released.recv();
+    }));
+    is_held.await.unwrap();
+    DatabaseHeld(release)
+}
+
+async fn sqlite_with_known_data(name: &str) -> (AnyStore, std::path::PathBuf) {
+    let dir = scratch(name);
+    let store = AnyStore::Sqlite(SqliteStore::open(&dir.join("sink.db")).await.unwrap());
+    fill(&store).await;
+    (store, dir)
+}
+
+#[test]
+fn one_request_over_the_concurrency_limit_gets_503_busy_at_once_and_the_others_finish() {
+    runtime_with_one_blocking_thread().block_on(async {
+        let (store, dir) = sqlite_with_known_data("concurrency").await;
+        let api = serve(
+            store,
+            HttpConfig {
+                max_concurrency: 2,
+                ..http_config()
+            },
+        )
+        .await;
+        // Free permits: the limit is not reached by requests one after another.
+        for _ in 0..3 {
+            assert_eq!(api.get("/api/v1/sites").await.status, 200);
+        }
+        let held = hold_database().await;
+        let addr = api.addr;
+        let slow: Vec<_> = (0..2)
+            .map(|_| {
+                tokio::spawn(async move {
+                    let auth = format!("Bearer {READ}");
+                    http::get_with(addr, "/api/v1/sites", &[("Authorization", &auth)]).await
+                })
+            })
+            .collect();
+        // /healthz reads no database: it answers 200 while a permit is free and 503 once
+        // both slow requests hold theirs.
+        eventually("both slow requests hold a permit", LIMIT, || async {
+            api.get_with("/healthz", &[]).await.status == 503
+        })
+        .await;
+        let busy = api.get_with("/healthz", &[]).await;
+        busy.assert_error(503, "busy");
+        assert_eq!(busy.header("retry-after"), Some("1"));
+        // The third slow request is refused, not queued: it is answered while the database
+        // is still held.
+        api.get("/api/v1/sites").await.assert_error(503, "busy");
+        for s in &slow {
+            assert!(
+                !s.is_finished(),
+                "a slow request finished while the database was held"
+            );
+        }
+        drop(held);
+        for s in slow {
+            let a = s.await.unwrap();
+            assert_eq!(a.status, 200, "{}", a.body);
+            assert_eq!(a.json()["sites"], serde_json::json!([SITE]));
+        }
+        // Permits are given back.
+        assert_eq!(api.get_with("/healthz", &[]).await.status, 200);
+        assert_eq!(api.get("/api/v1/sites").await.status, 200);
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+}
+
+#[test]
+fn a_request_over_the_timeout_gets_503_timeout_and_gives_its_permit_back() {
+    runtime_with_one_blocking_thread().block_on(async {
+        let (store, dir) = sqlite_with_known_data("timeout").await;
+        let timeout = Duration::from_millis(300);
+        let api = serve(
+            store,
+            HttpConfig {
+                request_timeout: timeout,
+                max_concurrency: 1,
+                ..http_config()
+            },
+        )
+        .await;
+        assert_eq!(api.get("/api/v1/sites").await.status, 200);
+        let held = hold_database().await;
+        let started = std::time::Instant::now();
+        let a = api
+            .get(&format!("/api/v1/sites/{SITE}/kpis?{}", day_range()))
+            .await;
+        a.assert_error(503, "timeout");
+        assert_eq!(a.header("retry-after"), Some("1"));
+        assert!(a.json()["detail"].as_str().unwrap().contains("300ms"));
+        // Not before the timeout (a lower bound, not a speed).
+        assert!(started.elapsed() >= timeout);
+        // With a limit of one request at once, the timed-out request gave its permit back:
+        // the next one is served while the database is still held.
+        let h = api.get_with("/healthz", &[]).await;
+        assert_eq!((h.status, h.body.as_str()), (200, "ok\n"));
+        drop(held);
+        eventually("the database answers again", LIMIT, || async {
+            api.get("/api/v1/sites").await.status == 200
+        })
+        .await;
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_and_body_limits_follow_the_configuration() {
+    let (store, dir) = sqlite_with_known_data("sizes").await;
+    let small = serve(
+        store.clone(),
+        HttpConfig {
+            max_header_size: 1024,
+            max_body_size: 1024,
+            ..http_config()
+        },
+    )
+    .await;
+    let roomy = serve(store, http_config()).await;
+    let auth = format!("Bearer {READ}");
+    let header = "x".repeat(1500);
+    let with_header = [("Authorization", auth.as_str()), ("X-Pad", header.as_str())];
+    small
+        .get_with("/api/v1/sites", &with_header)
+        .await
+        .assert_error(431, "headers_too_large");
+    assert_eq!(
+        roomy.get_with("/api/v1/sites", &with_header).await.status,
+        200
+    );
+    // A long query string counts too.
+    small
+        .get(&format!("/api/v1/sites?{}", "a".repeat(1500)))
+        .await
+        .assert_error(431, "headers_too_large");
+    let body = |n: usize| {
+        format!(
+            "GET /api/v1/sites HTTP/1.1\r\nHost: t\r\nConnection: close\r\nAuthorization: {auth}\r\n\
+             Content-Length: {n}\r\n\r\n{}",
+            "b".repeat(n)
+        )
+    };
+    assert_eq!(small.raw(body(1000)).await.status, 200);
+    small
+        .raw(body(2000))
+        .await
+        .assert_error(413, "body_too_large");
+    assert_eq!(roomy.raw(body(2000)).await.status, 200);
+    // A chunked body has no length to check: refused whatever its size.
+    small
+        .raw(format!(
+            "GET /api/v1/sites HTTP/1.1\r\nHost: t\r\nConnection: close\r\nAuthorization: {auth}\r\n\
+             Transfer-Encoding: chunked\r\n\r\n1\r\nb\r\n0\r\n\r\n"
+        ))
+        .await
+        .assert_error(413, "body_too_large");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// ------------------------------------------------------------------------------------------
 // OpenAPI
 // ------------------------------------------------------------------------------------------
 
@@ -780,6 +797,55 @@ fn the_openapi_document_is_in_sync_with_the_code() {
         "site", "device", "metric", "from", "to", "step", "agg", "format",
     ] {
         assert!(params.contains(&p), "{p} missing in {params:?}");
+    }
+    // The patterns documented are the ones the parser enforces.
+    for (path, name, pattern) in [
+        (
+            "/api/v1/sites/{site}/series",
+            "from",
+            api::params::TIME_PATTERN,
+        ),
+        (
+            "/api/v1/sites/{site}/series",
+            "to",
+            api::params::TIME_PATTERN,
+        ),
+        (
+            "/api/v1/sites/{site}/series",
+            "step",
+            api::params::STEP_PATTERN,
+        ),
+        (
+            "/api/v1/sites/{site}/kpis",
+            "from",
+            api::params::TIME_PATTERN,
+        ),
+        ("/api/v1/sites/{site}/kpis", "to", api::params::TIME_PATTERN),
+        (
+            "/api/v1/sites/{site}/coverage",
+            "from",
+            api::params::TIME_PATTERN,
+        ),
+        (
+            "/api/v1/sites/{site}/coverage",
+            "to",
+            api::params::TIME_PATTERN,
+        ),
+    ] {
+        let p = doc["paths"][path]["get"]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap();
+        assert_eq!(p["schema"]["pattern"], pattern, "{path} {name}");
+    }
+    // Every operation documents the answers the limits can give.
+    for (path, item) in paths {
+        let responses = item["get"]["responses"].as_object().unwrap();
+        for status in ["400", "413", "431", "503"] {
+            assert!(responses.contains_key(status), "{path} lacks {status}");
+        }
     }
 }
 

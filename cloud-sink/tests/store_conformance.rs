@@ -5,6 +5,7 @@
 //! and passes.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use fivezero_model::wire::{
     Batch, BufferState, Epoch, Gap, GapReason, KpiBatch, KpiQuality, KpiRecord, Period, Presence,
@@ -12,7 +13,7 @@ use fivezero_model::wire::{
 };
 use fivezero_sink::store::postgres::PgStore;
 use fivezero_sink::store::sqlite::SqliteStore;
-use fivezero_sink::store::{Outcome, RawMessage, ReadingsQuery, Store};
+use fivezero_sink::store::{HashedBatch, Outcome, RawMessage, ReadingsQuery, Store};
 use fivezero_sink::validate::RejectReason;
 
 const SITE: &str = "site-a";
@@ -51,6 +52,10 @@ fn raw(topic: &str) -> RawMessage {
         payload: b"{\"raw\":true}".to_vec(),
         received_at: T0,
     }
+}
+
+fn hashed(b: Batch) -> Arc<HashedBatch> {
+    Arc::new(HashedBatch::new(b, raw("t")))
 }
 
 fn stored(items: u64, duplicates: u64) -> Outcome {
@@ -422,10 +427,10 @@ async fn batches_stored_together_have_each_the_outcome_they_would_have_alone<S: 
         .unwrap();
     let commits = s
         .store_batches(vec![
-            (batch(EPOCH, 6, 5, 0.0), raw("t")),
-            (batch(EPOCH, 1, 5, 0.0), raw("t")),
-            (batch(EPOCH, 11, 5, 0.0), raw("t")),
-            (batch(EPOCH, 1, 5, 1.0), raw("t")),
+            hashed(batch(EPOCH, 6, 5, 0.0)),
+            hashed(batch(EPOCH, 1, 5, 0.0)),
+            hashed(batch(EPOCH, 11, 5, 0.0)),
+            hashed(batch(EPOCH, 1, 5, 1.0)),
         ])
         .await
         .unwrap();
@@ -478,7 +483,7 @@ async fn concurrent_writers_store_each_sequence_once<S: Store + Clone>(s: S) {
 }
 
 async fn the_schema_is_at_the_latest_version<S: Store>(s: S) {
-    assert_eq!(s.schema_version().await.unwrap(), 2);
+    assert_eq!(s.schema_version().await.unwrap(), 3);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -562,7 +567,7 @@ async fn reopening_a_sqlite_store_keeps_its_data_and_migrates_nothing() {
         .unwrap();
     drop(s);
     let s = SqliteStore::open(&path).await.unwrap();
-    assert_eq!(s.schema_version().await.unwrap(), 2);
+    assert_eq!(s.schema_version().await.unwrap(), 3);
     assert_eq!(s.watermarks(GW.into()).await.unwrap(), ack(3));
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -596,7 +601,117 @@ async fn sinks_opening_a_new_sqlite_file_together_migrate_it_once() {
         .collect();
     for open in opens {
         let store = open.await.unwrap().expect("every open succeeds");
-        assert_eq!(store.schema_version().await.unwrap(), 2);
+        assert_eq!(store.schema_version().await.unwrap(), 3);
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The indexes of `readings` and the names of the query plans' indexes, in SQLite.
+fn sqlite_readings_indexes(conn: &rusqlite::Connection) -> Vec<String> {
+    let mut stmt = conn
+        .prepare(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'readings'
+             ORDER BY name",
+        )
+        .unwrap();
+    stmt.query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn sqlite_readings_keep_only_the_indexes_the_queries_use_after_migration_3() {
+    // Given a database at schema version 2, with the two readings indexes it had then
+    let dir = scratch("indexes");
+    let path = dir.join("sink.db");
+    drop(SqliteStore::open(&path).await.unwrap());
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(
+        "CREATE INDEX readings_metric ON readings (site, metric, ts);
+         CREATE INDEX readings_stream ON readings (gateway, epoch, seq);
+         DELETE FROM schema_migrations WHERE version = 3;",
+    )
+    .unwrap();
+    assert_eq!(sqlite_readings_indexes(&conn).len(), 4);
+    drop(conn);
+    // When it is opened by this build
+    let s = SqliteStore::open(&path).await.unwrap();
+    assert_eq!(s.schema_version().await.unwrap(), 3);
+    drop(s);
+    // Then readings keep the series and retention indexes only
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    assert_eq!(
+        sqlite_readings_indexes(&conn),
+        ["readings_retention", "readings_series"]
+    );
+    // and the series and retention queries are still planned on them
+    for (sql, index) in [
+        (
+            "SELECT ts, value, quality FROM readings
+             WHERE site = 's' AND device = 'd' AND metric = 'm' AND ts >= 0 AND ts < 9
+             ORDER BY ts LIMIT 10",
+            "readings_series",
+        ),
+        (
+            "SELECT device, metric, COUNT(*), MIN(ts), MAX(ts) FROM readings
+             WHERE site = 's' GROUP BY device, metric ORDER BY device, metric",
+            "readings_series",
+        ),
+        ("DELETE FROM readings WHERE ts < 5", "readings_retention"),
+    ] {
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let plan: Vec<String> = stmt
+            .query_map([], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(plan.iter().any(|p| p.contains(index)), "{sql}: {plan:?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn postgres_readings_keep_only_the_indexes_the_queries_use_after_migration_3() {
+    let Some(url) = postgres_url() else {
+        println!("skipped: FIVEZERO_TEST_POSTGRES not set");
+        return;
+    };
+    // Given a schema at version 2, with the two readings indexes it had then
+    let schema = format!("fz_test_{:016x}", rand::random::<u64>());
+    drop(PgStore::open(&url, Some(&schema)).await.unwrap());
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let driver = tokio::spawn(conn);
+    client
+        .batch_execute(&format!(
+            "SET search_path = {schema};
+             CREATE INDEX readings_metric ON readings (site, metric, ts);
+             CREATE INDEX readings_stream ON readings (gateway, epoch, seq);
+             DELETE FROM schema_migrations WHERE version = 3;"
+        ))
+        .await
+        .unwrap();
+    // When this build opens it
+    let s = PgStore::open(&url, Some(&schema)).await.unwrap();
+    let version = s.schema_version().await;
+    drop(s);
+    // Then readings keep the series and retention indexes only
+    let names: Vec<String> = client
+        .query(
+            "SELECT indexname::text FROM pg_indexes WHERE schemaname = $1
+             AND tablename = 'readings' ORDER BY indexname",
+            &[&schema],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    drop(client);
+    let _ = driver.await;
+    PgStore::drop_schema(&url, &schema).await.unwrap();
+    assert_eq!(version.unwrap(), 3);
+    assert_eq!(names, ["readings_retention", "readings_series"]);
 }

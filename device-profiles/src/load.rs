@@ -682,8 +682,9 @@ impl Checker<'_> {
         }
         if let Some(n) = &raw.number {
             let table = self.require_table(name, table, span)?;
-            return match u16::try_from(*n.get_ref() - 1) {
-                Ok(addr) if *n.get_ref() >= 1 => Some((table, addr)),
+            // `checked_sub`: `number = -9223372036854775808` (i64::MIN) is valid TOML.
+            return match n.get_ref().checked_sub(1).map(u16::try_from) {
+                Some(Ok(addr)) => Some((table, addr)),
                 _ => {
                     self.error(n.span(), format!("point `{name}`: register number {} is outside 1..=65536 (`number` is the manual's 1-based numbering)", n.get_ref()));
                     None

@@ -132,6 +132,26 @@ type = "f32"
     );
 }
 
+/// Regression (issue 9, fuzzing): `number - 1` overflowed on the smallest TOML integer and
+/// panicked instead of refusing the point.
+#[test]
+fn a_register_number_of_i64_min_is_refused_not_a_panic() {
+    let e = the_one_refusal(
+        r#"
+[[point]]
+name = "p"
+metric = "electricity.active_power"
+table = "input"
+number = -9223372036854775808
+type = "f32"
+"#,
+    );
+    assert_eq!(
+        e,
+        "acme-m1.toml:11:10: error: point `p`: register number -9223372036854775808 is outside 1..=65536 (`number` is the manual's 1-based numbering)"
+    );
+}
+
 #[test]
 fn a_point_running_past_the_last_register_is_refused() {
     let e = the_one_refusal(

@@ -5,12 +5,14 @@
 use fivezero_sink::validate::{Rules, validate};
 use libfuzzer_sys::fuzz_target;
 
+/// The site and gateway of model/tests/fixtures/*.json, so the seeds pass the topic checks and
+/// the fuzzer starts from accepted messages; the first input byte picks the topic.
 const TOPICS: [&str; 5] = [
-    "fivezero/v1/qingdao-greensail/gw1/batches",
-    "fivezero/v1/qingdao-greensail/gw1/kpi",
-    "fivezero/v1/qingdao-greensail/gw1/gaps",
-    "fivezero/v1/qingdao-greensail/gw1/status",
-    "fivezero/v1/qingdao-greensail/gw1/ack",
+    "fivezero/v1/qingdao-greensail/qd-greensail-gw1/batches",
+    "fivezero/v1/qingdao-greensail/qd-greensail-gw1/kpi",
+    "fivezero/v1/qingdao-greensail/qd-greensail-gw1/gaps",
+    "fivezero/v1/qingdao-greensail/qd-greensail-gw1/status",
+    "fivezero/v1/qingdao-greensail/qd-greensail-gw1/ack",
 ];
 
 fuzz_target!(|data: &[u8]| {

@@ -10,6 +10,10 @@
 //! The readings imitate an inverter and a meter: scaled registers (230.4 V, 49.98 Hz),
 //! integers, energy counters with three decimals, unit conversions that give arbitrary
 //! doubles, IEEE floats, and a few points marked not available.
+//!
+//! The last line, `BENCH buffer_bench key=value …`, repeats the figures for the benchmark
+//! suite (`bench/`): per mode (`full_`, `normal_`) readings and commits per second, bytes and
+//! payload bytes per reading, and `pending` readings per second.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -168,6 +172,10 @@ fn main() {
         "{:<8} {:>14} {:>11} {:>16} {:>19} {:>18}",
         "sync", "readings/s", "commits/s", "bytes/reading", "payload/reading", "pending readings/s"
     );
+    let mut bench = format!(
+        "BENCH buffer_bench cycles={cycles} readings_per_commit={READINGS} dir={}",
+        base.display().to_string().replace(char::is_whitespace, "_")
+    );
     for (name, sync) in [("FULL", Synchronous::Full), ("NORMAL", Synchronous::Normal)] {
         let dir = base.join(format!("fivezero-buffer-bench-{}", std::process::id()));
         let f = rt.block_on(measure(&dir, sync, cycles));
@@ -179,6 +187,17 @@ fn main() {
             f.payload_per_reading,
             f.pending_per_s
         );
+        let key = name.to_ascii_lowercase();
+        bench.push_str(&format!(
+            " {key}_readings_per_s={:.0} {key}_commits_per_s={:.0} {key}_bytes_per_reading={:.2} \
+             {key}_payload_per_reading={:.2} {key}_pending_readings_per_s={:.0}",
+            f.readings_per_s,
+            f.commits_per_s,
+            f.used_per_reading,
+            f.payload_per_reading,
+            f.pending_per_s
+        ));
         std::thread::sleep(Duration::from_millis(100));
     }
+    println!("{bench}");
 }

@@ -72,7 +72,40 @@
 //! 100 ms) during the outage and during the drain. The relay keeps the subscriber's session
 //! and the retained ack out of the outage, so what is measured is the gateway's replay alone.
 //!
-//! `--seconds 0` skips the live figures, `--backlog 0s` the replay.
+//! # End to end (`--sink-seconds`, on the broker of `--mqtt`)
+//!
+//! A register change all the way to the cloud sink's HTTP API. A fresh gateway publishes to
+//! the broker of `--mqtt`, and the real sink (`target/release/fivezero-sink`, or `--sink
+//! PATH`; a separate process on a fresh SQLite file, its own topic prefix) stores and
+//! acknowledges, in place of the subscriber above. After the warm-up, four tasks, each with
+//! its own devices, work in turn for `--sink-seconds` (default: `--seconds`): switch a device
+//! into Modbus exception 04 through the simulator's control endpoint, wait one to two
+//! intervals (a random time, so that at least one poll sees the exception and the change
+//! below lands at a random phase of the poll cycle), note `t0` and clear the fault. The
+//! register now answers with its value again: that is the change. The task then asks the
+//! sink's API (`GET /api/v1/sites/bench/series?device=…&metric=…&from=t0&step=1s&agg=last`)
+//! every 20 ms until a bucket appears, i.e. until the sink serves a value read at or after
+//! `t0` (the API leaves readings of quality `error` out, so only the new value can appear).
+//! The time of that answer minus `t0` is one sample. A second query then checks that the API
+//! holds no value between the fault and `t0` (from 100 ms after the fault was set), i.e. that
+//! the exception really replaced the value; a sample that fails the check is not counted. The
+//! metric is the first of the profile's that carries values on `dev-0000`.
+//!
+//! Printed: p50, p95, p99 and max of change → value in the sink's API, the part of it spent
+//! waiting for the next poll (computed from the cycle boundaries, which the gateway aligns
+//! to multiples of the interval on the wall clock) and the rest; and the sink's live figures
+//! over the window: readings stored per second, CPU seconds per 1,000 readings stored and its
+//! peak RSS (`VmHWM`). The API queries themselves (about 50 a second while a change is being
+//! waited for, four tasks) are included in the sink's CPU time.
+//!
+//! `--seconds 0` skips the live figures, `--sink-seconds 0` the end-to-end ones, `--backlog
+//! 0s` the replay. A phase that fails is reported and the next one still runs.
+//!
+//! # Machine-readable output
+//!
+//! Each phase ends with one line `BENCH gateway_bench.PHASE key=value …` (`live`, `e2e`,
+//! `replay`): the same figures as the lines above it, numbers without units (the unit is in
+//! the key: `_ms`, `_s`, `_mb`, `_per_s`), for the benchmark suite (`bench/`) to collect.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -124,12 +157,15 @@ struct Args {
     sim: Option<PathBuf>,
     gateway: Option<PathBuf>,
     mosquitto: PathBuf,
+    /// The end-to-end phase's length; `None`: `seconds`.
+    sink_seconds: Option<u64>,
+    sink: Option<PathBuf>,
 }
 
 fn usage() -> &'static str {
     "gateway_bench [--devices N] [--seconds S] [--interval 1s] [--timeout 1s] [--warmup 10s] \
      [--backlog 600s] [--drain-limit 900s] [--synchronous full|normal] [--mqtt mqtt://HOST:PORT] \
-     [--sim PATH] [--gateway PATH] [--mosquitto PATH]"
+     [--sim PATH] [--gateway PATH] [--mosquitto PATH] [--sink-seconds S] [--sink PATH]"
 }
 
 fn parse_mqtt(url: &str) -> Result<(String, u16), String> {
@@ -162,6 +198,8 @@ fn parse_args() -> Result<Args, String> {
         sim: None,
         gateway: None,
         mosquitto: PathBuf::from("/usr/sbin/mosquitto"),
+        sink_seconds: None,
+        sink: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -189,6 +227,8 @@ fn parse_args() -> Result<Args, String> {
             "--sim" => a.sim = Some(PathBuf::from(&value)),
             "--gateway" => a.gateway = Some(PathBuf::from(&value)),
             "--mosquitto" => a.mosquitto = PathBuf::from(&value),
+            "--sink-seconds" => a.sink_seconds = Some(value.parse().map_err(|e| bad(&e))?),
+            "--sink" => a.sink = Some(PathBuf::from(&value)),
             _ => return Err(format!("unknown option {flag}; {}", usage())),
         }
     }
@@ -1068,6 +1108,24 @@ fn verdict(ok: bool) -> &'static str {
     if ok { "met" } else { "NOT met" }
 }
 
+/// Prints a phase's machine-readable line, `BENCH gateway_bench.PHASE key=value …` (values
+/// never hold spaces).
+fn bench_line(phase: &str, fields: &[(&str, String)]) {
+    let mut line = format!("BENCH gateway_bench.{phase}");
+    for (key, value) in fields {
+        let _ = write!(line, " {key}={}", value.replace(char::is_whitespace, "_"));
+    }
+    println!("{line}");
+}
+
+/// The 1-minute load average.
+fn load1() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_default()
+}
+
 async fn bench(args: &Args, dir: &Path) -> Result<bool, String> {
     let profile_file = dir.join("bench-150.toml");
     write(&profile_file, &bench_profile("gateway_bench")?)?;
@@ -1104,11 +1162,30 @@ async fn bench(args: &Args, dir: &Path) -> Result<bool, String> {
             .join(" ")
     );
     let mut ok = true;
+    let mut failed = Vec::new();
+    let mut outcome = |phase: &str, r: Result<bool, String>| match r {
+        Ok(met) => ok &= met,
+        Err(e) => {
+            println!("{phase}: failed: {e}");
+            failed.push(format!("{phase}: {e}"));
+        }
+    };
     if args.seconds > 0 {
-        ok &= live(args, dir, &sim, &gateway_path, &profile_file).await?;
+        outcome(
+            "live",
+            live(args, dir, &sim, &gateway_path, &profile_file).await,
+        );
+    }
+    let sink_seconds = args.sink_seconds.unwrap_or(args.seconds);
+    if sink_seconds > 0 {
+        let r = end_to_end(args, sink_seconds, dir, &sim, &gateway_path, &profile_file).await;
+        outcome("e2e", r);
     }
     if !args.backlog.is_zero() {
-        ok &= replay(args, dir, &sim, &gateway_path, &profile_file).await?;
+        outcome(
+            "replay",
+            replay(args, dir, &sim, &gateway_path, &profile_file).await,
+        );
     }
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
@@ -1119,7 +1196,11 @@ async fn bench(args: &Args, dir: &Path) -> Result<bool, String> {
             .join(" ")
     );
     drop(sim);
-    Ok(ok)
+    if failed.is_empty() {
+        Ok(ok)
+    } else {
+        Err(failed.join("; "))
+    }
 }
 
 /// Starts a gateway with its own state folder and metrics port against `broker`.
@@ -1352,7 +1433,433 @@ async fn live(
         verdict(rss_ok),
         verdict(lat_ok)
     );
+    bench_line(
+        "live",
+        &[
+            ("devices", args.devices.to_string()),
+            ("window_s", format!("{elapsed:.1}")),
+            (
+                "readings_per_s",
+                format!("{:.0}", committed as f64 / elapsed),
+            ),
+            ("committed", committed.to_string()),
+            ("received_per_s", format!("{:.0}", new as f64 / elapsed)),
+            ("duplicates", (readings - new).to_string()),
+            (
+                "readings_per_message",
+                format!("{:.0}", readings as f64 / msgs.max(1) as f64),
+            ),
+            ("cpu_s", format!("{cpu:.2}")),
+            ("cpu_s_per_1000", format!("{cpu_per_k:.6}")),
+            ("vm_hwm_mb", format!("{:.1}", mb(hwm))),
+            ("vm_rss_mb", format!("{:.1}", mb(rss))),
+            ("read_arrival_p50_ms", format!("{:.1}", p(&lat, 0.50))),
+            ("read_arrival_p95_ms", format!("{:.1}", p(&lat, 0.95))),
+            ("read_arrival_p99_ms", format!("{:.1}", p(&lat, 0.99))),
+            ("read_arrival_max_ms", format!("{:.1}", p(&lat, 1.0))),
+            ("changes", change_total.len().to_string()),
+            ("changes_lost", lost.to_string()),
+            (
+                "change_arrival_p50_ms",
+                format!("{:.1}", p(&change_total, 0.50)),
+            ),
+            (
+                "change_arrival_p95_ms",
+                format!("{:.1}", p(&change_total, 0.95)),
+            ),
+            (
+                "change_wait_p50_ms",
+                format!("{:.1}", p(&change_wait, 0.50)),
+            ),
+            (
+                "wire_bytes_per_reading",
+                format!("{:.1}", per_reading(payload)),
+            ),
+            ("sim_cpu_s", format!("{:.2}", sim_cpu1 - sim_cpu0)),
+            ("load1", load1()),
+        ],
+    );
     Ok(cpu_ok && rss_ok && lat_ok)
+}
+
+// ------------------------------------------------------------------------------------------
+// End to end: a register change until its value is in the sink's API
+// ------------------------------------------------------------------------------------------
+
+/// How often a change task asks the sink's API while it waits for the new value.
+const API_POLL: Duration = Duration::from_millis(20);
+
+/// The sink's `/series` answer; only the number of buckets matters here.
+#[derive(Debug, serde::Deserialize)]
+struct SeriesAnswer {
+    points: Vec<serde_json::Value>,
+}
+
+/// Starts the sink binary on a fresh SQLite file, subscribed under `who`'s prefix, and waits
+/// until its `/readyz` answers 200; returns it and its HTTP address.
+async fn start_sink(
+    path: &Path,
+    dir: &Path,
+    who: &Identity,
+    broker: (&str, u16),
+) -> Result<(Process, SocketAddr), String> {
+    let api = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    let config = dir.join("sink-e2e.toml");
+    write(
+        &config,
+        &format!(
+            "[sink]\nclient_id = \"{}-sink\"\n\n[storage]\nurl = \"sqlite://{}\"\n\n\
+             [mqtt]\nbroker = \"mqtt://{}:{}\"\nprefix = \"{}\"\nsession_expiry = \"1m\"\n\n\
+             [http]\nlisten = \"{api}\"\n",
+            who.id,
+            dir.join("sink-e2e.db").display(),
+            broker.0,
+            broker.1,
+            who.prefix
+        ),
+    )?;
+    let log_path = dir.join("sink-e2e.log");
+    let log =
+        std::fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
+    let err = log
+        .try_clone()
+        .map_err(|e| format!("cannot share the sink log: {e}"))?;
+    let child = Command::new(path)
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .env("FIVEZERO_SINK_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log))
+        .stderr(Stdio::from(err))
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", path.display()))?;
+    let mut process = Process {
+        child: Some(child),
+        what: "the sink",
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if matches!(http(api, "GET", "/readyz", "").await, Ok((200, _))) {
+            return Ok((process, api));
+        }
+        if !process.running() {
+            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            return Err(format!(
+                "the sink stopped at start-up:\n{}",
+                text.trim_end()
+            ));
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "the sink is not ready after 30 s (log: {})",
+                log_path.display()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Non-empty 1 s buckets the sink's API serves for `device`'s `metric` in `[from, to)`, UTC ms.
+async fn api_buckets(
+    api: SocketAddr,
+    device: &str,
+    metric: &str,
+    from: i64,
+    to: i64,
+) -> Result<usize, String> {
+    let path = format!(
+        "/api/v1/sites/{SITE}/series?device={device}&metric={metric}&from={from}&to={to}\
+         &step=1s&agg=last"
+    );
+    let (status, body) = http(api, "GET", &path, "").await?;
+    if status != 200 {
+        return Err(format!("GET {path} answered {status}: {body}"));
+    }
+    let answer: SeriesAnswer =
+        serde_json::from_str(&body).map_err(|e| format!("GET {path}: {e}: {body}"))?;
+    Ok(answer.points.len())
+}
+
+/// One register change and when the sink's API first served the new value.
+#[derive(Debug, Clone, Copy)]
+struct ApiChange {
+    /// `t0`, UTC µs, just before the control request that cleared the fault.
+    t0_us: i64,
+    /// When the API's answer holding the new value arrived, UTC µs.
+    arrival_us: i64,
+}
+
+/// What one change task saw.
+#[derive(Debug, Default)]
+struct ApiChanges {
+    seen: Vec<ApiChange>,
+    /// Not in the API within [`CHANGE_LIMIT`].
+    lost: u64,
+    /// The API held a value read while the exception was set: not counted.
+    unfaulted: u64,
+}
+
+/// Makes register changes on `devices` in turn until `until` and waits for each in the API.
+async fn make_api_changes(
+    control: SocketAddr,
+    api: SocketAddr,
+    devices: Vec<String>,
+    metric: String,
+    interval_ms: u64,
+    until: Instant,
+) -> Result<ApiChanges, String> {
+    let mut out = ApiChanges::default();
+    let limit_ms = i64::try_from(CHANGE_LIMIT.as_millis()).unwrap_or(10_000);
+    let mut next = 0;
+    while Instant::now() < until && !devices.is_empty() {
+        let device = &devices[next % devices.len()];
+        next += 1;
+        let path = format!("/devices/{device}/fault");
+        let fault_ms = now_ms();
+        let (status, body) =
+            http(control, "PUT", &path, r#"{"kind":"exception","code":4}"#).await?;
+        if status != 200 {
+            return Err(format!(
+                "control endpoint: PUT {path} answered {status}: {body}"
+            ));
+        }
+        // At least one poll sees the exception; the change lands at a random phase.
+        let hold = interval_ms + rand::random_range(0..interval_ms.max(1));
+        tokio::time::sleep(Duration::from_millis(hold)).await;
+        let t0_us = now_us();
+        let (status, body) = http(control, "DELETE", &path, "").await?;
+        if status != 200 {
+            return Err(format!(
+                "control endpoint: DELETE {path} answered {status}: {body}"
+            ));
+        }
+        // A value read before t0 (in the same millisecond) was an exception: the floor is safe.
+        let from = t0_us.div_euclid(1000);
+        let deadline = Instant::now() + CHANGE_LIMIT;
+        let arrival = loop {
+            if api_buckets(api, device, &metric, from, from + limit_ms).await? > 0 {
+                break Some(now_us());
+            }
+            if Instant::now() > deadline {
+                break None;
+            }
+            tokio::time::sleep(API_POLL).await;
+        };
+        let Some(arrival_us) = arrival else {
+            out.lost += 1;
+            continue;
+        };
+        // The exception must have replaced the value between the fault and t0 (a poll in
+        // flight when the fault was set may still carry a value: 100 ms of margin).
+        let check_from = fault_ms + 100;
+        if check_from < from && api_buckets(api, device, &metric, check_from, from).await? > 0 {
+            out.unfaulted += 1;
+            continue;
+        }
+        out.seen.push(ApiChange { t0_us, arrival_us });
+    }
+    Ok(out)
+}
+
+async fn end_to_end(
+    args: &Args,
+    seconds: u64,
+    dir: &Path,
+    sim: &Sim,
+    gateway_path: &Path,
+    profile: &Path,
+) -> Result<bool, String> {
+    let sink_path = match &args.sink {
+        Some(p) => p.clone(),
+        None => sibling_binary("fivezero-sink", "fivezero-sink")?,
+    };
+    let who = Identity::new("e2e");
+    let topics = who.topics()?;
+    let broker = (args.mqtt.0.as_str(), args.mqtt.1);
+    let (mut sink, api) = start_sink(&sink_path, dir, &who, broker).await?;
+    let sink_pid = sink.pid();
+    let (mut gateway, _) =
+        launch(args, dir, "e2e", sim, gateway_path, profile, &who, broker).await?;
+
+    // Warm-up: readings stored, and `--warmup` passed.
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(30).max(args.warmup * 2);
+    loop {
+        let stored = Metrics::scrape(api).await?.u("fivezero_sink_items_stored");
+        if stored > 0 && started.elapsed() >= args.warmup {
+            break;
+        }
+        if !gateway.running() {
+            return Err("the gateway stopped during the warm-up".to_owned());
+        }
+        if !sink.running() {
+            return Err(format!(
+                "the sink stopped during the warm-up; see {}",
+                dir.join("sink-e2e.log").display()
+            ));
+        }
+        if Instant::now() > deadline {
+            return Err("no readings reached the sink's store during the warm-up".to_owned());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The first metric of the profile that carries values.
+    let text =
+        std::fs::read_to_string(profile).map_err(|e| format!("{}: {e}", profile.display()))?;
+    let now = now_ms();
+    let mut metric = None;
+    for m in text
+        .lines()
+        .filter_map(|l| l.strip_prefix("metric = \""))
+        .map(|m| m.trim_end_matches('"'))
+    {
+        if api_buckets(api, &device_name(0), m, now - 60_000, now + 1000).await? > 0 {
+            metric = Some(m.to_owned());
+            break;
+        }
+    }
+    let metric = metric.ok_or("the sink's API has no values of any metric of dev-0000")?;
+
+    let interval_ms = i64::try_from(args.interval.as_millis()).unwrap_or(1000);
+    sleep_to_mid_interval(interval_ms).await;
+    let start = Instant::now();
+    let until = start + Duration::from_secs(seconds);
+    let cpu0 = cpu_seconds(sink_pid)?;
+    let stored0 = Metrics::scrape(api).await?.u("fivezero_sink_items_stored");
+    let mut tasks = Vec::new();
+    for k in 0..CHANGE_TASKS.min(args.devices) {
+        let devices: Vec<String> = (k..args.devices)
+            .step_by(CHANGE_TASKS)
+            .map(device_name)
+            .collect();
+        tasks.push(tokio::spawn(make_api_changes(
+            sim.control,
+            api,
+            devices,
+            metric.clone(),
+            u64::try_from(interval_ms).unwrap_or(1000),
+            until,
+        )));
+    }
+    tokio::time::sleep_until(until).await;
+    let cpu1 = cpu_seconds(sink_pid)?;
+    let stored1 = Metrics::scrape(api).await?.u("fivezero_sink_items_stored");
+    let elapsed = start.elapsed().as_secs_f64();
+    let (hwm, rss) = memory(sink_pid);
+    let mut all = ApiChanges::default();
+    for t in tasks {
+        let c = t.await.map_err(|e| format!("change task: {e}"))??;
+        all.seen.extend(c.seen);
+        all.lost += c.lost;
+        all.unfaulted += c.unfaulted;
+    }
+    let gateway_stopped = gateway.terminate(Duration::from_secs(20)).await;
+    let sink_stopped = sink.terminate(Duration::from_secs(20)).await;
+    // Leave nothing retained on the broker.
+    if let Ok(cleaner) = Sink::start(broker, &topics, false).await {
+        cleaner.clean_up(&topics).await;
+    }
+
+    let to_ms = |us: i64| (us as f64 / 1000.0) as f32;
+    let boundary_us = |t0_us: i64| {
+        let ms = t0_us.div_euclid(1000);
+        (ms.div_euclid(interval_ms) + 1) * interval_ms * 1000
+    };
+    let mut total: Vec<f32> = all
+        .seen
+        .iter()
+        .map(|c| to_ms(c.arrival_us - c.t0_us))
+        .collect();
+    let mut wait: Vec<f32> = all
+        .seen
+        .iter()
+        .map(|c| to_ms(boundary_us(c.t0_us) - c.t0_us))
+        .collect();
+    let mut after: Vec<f32> = all
+        .seen
+        .iter()
+        .map(|c| to_ms(c.arrival_us - boundary_us(c.t0_us)))
+        .collect();
+    for v in [&mut total, &mut wait, &mut after] {
+        v.sort_by(f32::total_cmp);
+    }
+    let p = |v: &[f32], q| quantile(v, q);
+    let stored = stored1.saturating_sub(stored0);
+    let sink_cpu = cpu1 - cpu0;
+    let cpu_per_k = sink_cpu / (stored.max(1) as f64 / 1000.0);
+
+    println!();
+    println!(
+        "e2e: sink {} (pid {sink_pid}, SQLite, separate process) on mqtt://{}:{}, its API on \
+         http://{api}; measured for {elapsed:.1} s after {} warm-up; metric {metric}",
+        sink_path.display(),
+        args.mqtt.0,
+        args.mqtt.1,
+        humantime::format_duration(args.warmup)
+    );
+    println!(
+        "change -> value in the sink's API p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms, max {:.1} ms \
+         ({} changes at a random phase; {} not in the API within {}s; {} without the exception \
+         seen, not counted)",
+        p(&total, 0.50),
+        p(&total, 0.95),
+        p(&total, 0.99),
+        p(&total, 1.0),
+        total.len(),
+        all.lost,
+        CHANGE_LIMIT.as_secs(),
+        all.unfaulted
+    );
+    println!(
+        "  of which wait for the poll      p50 {:.1} ms, p95 {:.1} ms (to the next cycle boundary, \
+         computed); after it p50 {:.1} ms, p95 {:.1} ms",
+        p(&wait, 0.50),
+        p(&wait, 0.95),
+        p(&after, 0.50),
+        p(&after, 0.95)
+    );
+    println!(
+        "sink, live                        {:.0} readings/s stored ({stored} in {elapsed:.1} s); \
+         CPU {sink_cpu:.2} s = {cpu_per_k:.6} s per 1,000 readings ({:.1} % of one core, API \
+         queries included); VmHWM {:.1} MB, VmRSS at the end {:.1} MB",
+        stored as f64 / elapsed,
+        100.0 * sink_cpu / elapsed,
+        mb(hwm),
+        mb(rss)
+    );
+    println!(
+        "gateway stopped on SIGTERM: {}; sink stopped on SIGTERM: {}",
+        if gateway_stopped { "yes" } else { "no" },
+        if sink_stopped { "yes" } else { "no" }
+    );
+    bench_line(
+        "e2e",
+        &[
+            ("devices", args.devices.to_string()),
+            ("window_s", format!("{elapsed:.1}")),
+            ("metric", metric.clone()),
+            ("changes", total.len().to_string()),
+            ("changes_lost", all.lost.to_string()),
+            ("changes_unfaulted", all.unfaulted.to_string()),
+            ("change_api_p50_ms", format!("{:.1}", p(&total, 0.50))),
+            ("change_api_p95_ms", format!("{:.1}", p(&total, 0.95))),
+            ("change_api_p99_ms", format!("{:.1}", p(&total, 0.99))),
+            ("change_api_max_ms", format!("{:.1}", p(&total, 1.0))),
+            ("wait_p50_ms", format!("{:.1}", p(&wait, 0.50))),
+            ("after_poll_p50_ms", format!("{:.1}", p(&after, 0.50))),
+            ("after_poll_p95_ms", format!("{:.1}", p(&after, 0.95))),
+            (
+                "sink_stored_per_s",
+                format!("{:.0}", stored as f64 / elapsed),
+            ),
+            ("sink_cpu_s", format!("{sink_cpu:.2}")),
+            ("sink_cpu_s_per_1000", format!("{cpu_per_k:.6}")),
+            ("sink_vm_hwm_mb", format!("{:.1}", mb(hwm))),
+            ("load1", load1()),
+        ],
+    );
+    Ok(true)
 }
 
 /// A TCP relay in front of the broker that can be switched off (connections closed, port
@@ -1566,6 +2073,14 @@ async fn replay(
         mb(rss_outage)
     );
     let mut ok = true;
+    let mut fields = vec![
+        ("devices", args.devices.to_string()),
+        ("outage_s", format!("{outage:.0}")),
+        ("backlog_readings", backlog.to_string()),
+        ("backlog_bytes", charged.to_string()),
+        ("live_rate_per_s", format!("{live_rate:.0}")),
+        ("outage_rss_mb", format!("{:.1}", mb(rss_outage))),
+    ];
     match (first, caught) {
         (Some(first_us), Some((caught_us, new_caught))) => {
             let secs = ((caught_us - first_us) as f64 / 1e6).max(0.001);
@@ -1601,6 +2116,24 @@ async fn replay(
                 mb(rss_drain),
                 mb(hwm)
             );
+            fields.extend([
+                ("drained", "1".to_owned()),
+                (
+                    "first_message_s",
+                    format!("{:.1}", (first_us - up_us) as f64 / 1e6),
+                ),
+                ("replay_readings_per_s", format!("{rate:.0}")),
+                ("replay_ratio", format!("{ratio:.1}")),
+                ("replay_s", format!("{secs:.1}")),
+                ("drain_rss_mb", format!("{:.1}", mb(rss_drain))),
+                ("vm_hwm_mb", format!("{:.1}", mb(hwm))),
+            ]);
+            if let Some(t_live) = live_again {
+                fields.push((
+                    "live_again_s",
+                    format!("{:.1}", t_live.duration_since(t_up).as_secs_f64()),
+                ));
+            }
             let rate_ok = ratio >= 5.0;
             let rss_ok = mb(rss_drain.max(hwm)) < 40.0;
             println!(
@@ -1619,15 +2152,18 @@ async fn replay(
                 m_end.u("fivezero_mqtt_published_messages"),
                 m_end.u("fivezero_mqtt_republished_messages")
             );
+            fields.push(("drained", "0".to_owned()));
             ok = false;
         }
     }
+    let duplicates = st.readings.load(Ordering::Relaxed) - st.new_readings.load(Ordering::Relaxed);
     println!(
-        "duplicates received {}, malformed {}; gateway stopped on SIGTERM: {}",
-        st.readings.load(Ordering::Relaxed) - st.new_readings.load(Ordering::Relaxed),
+        "duplicates received {duplicates}, malformed {}; gateway stopped on SIGTERM: {}",
         st.malformed.load(Ordering::Relaxed),
         if stopped { "yes" } else { "no" }
     );
+    fields.extend([("duplicates", duplicates.to_string()), ("load1", load1())]);
+    bench_line("replay", &fields);
     Ok(ok)
 }
 

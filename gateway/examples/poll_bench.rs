@@ -25,6 +25,10 @@
 //!
 //! `--threads 1` (the default) runs the poller on tokio's current-thread runtime; `--threads N`
 //! on a multi-thread runtime with N workers.
+//!
+//! The last line, `BENCH poll_bench key=value …`, repeats the figures for the benchmark suite
+//! (`bench/`): numbers without units (the unit is in the key), latencies as the upper bound of
+//! their histogram bucket (`inf` above the last one).
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -267,6 +271,27 @@ fn bench(args: &Args, dir: &Path) -> Result<bool, String> {
         verdict(cpu_ok),
         verdict(rss_ok),
         verdict(on_time)
+    );
+    let load1 = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_default();
+    println!(
+        "BENCH poll_bench devices={} window_s={window:.1} readings_per_s={:.0} readings={} \
+         errors={} requests_per_cycle={:.2} planned={planned} minimum={minimum} \
+         cpu_s={:.2} cpu_s_per_1000={cpu_per_k:.6} vm_hwm_mb={rss_mb:.1} p50_le_ms={} \
+         p99_le_ms={} overruns={} missed={missed} dropped={} sim_cpu_s={:.2} load1={load1}",
+        args.devices,
+        readings / window,
+        m.readings,
+        m.errors,
+        m.requests as f64 / m.cycles.max(1) as f64,
+        m.cpu_s,
+        bucket_bound(&m.histogram, 0.50),
+        bucket_bound(&m.histogram, 0.99),
+        m.overruns,
+        m.dropped,
+        m.sim_cpu_s,
     );
     Ok(cpu_ok && rss_ok && on_time)
 }
@@ -572,6 +597,26 @@ fn memory() -> (u64, u64) {
             .unwrap_or(0)
     };
     (field("VmHWM:"), field("VmRSS:"))
+}
+
+/// The upper bound (ms) of the bucket the `q` quantile falls in: `inf` above the last bucket,
+/// `-` without requests.
+fn bucket_bound(histogram: &[u64], q: f64) -> String {
+    let total: u64 = histogram.iter().sum();
+    if total == 0 {
+        return "-".to_owned();
+    }
+    let rank = ((total as f64) * q).ceil() as u64;
+    let mut seen = 0;
+    for (i, n) in histogram.iter().enumerate() {
+        seen += n;
+        if seen >= rank {
+            return LATENCY_BUCKETS_MS
+                .get(i)
+                .map_or_else(|| "inf".to_owned(), ToString::to_string);
+        }
+    }
+    "-".to_owned()
 }
 
 /// The bucket the `q` quantile falls in, as "≤ N ms".

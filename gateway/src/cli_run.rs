@@ -79,6 +79,11 @@ pub(crate) fn run(file: &Path) -> ExitCode {
         Err(code) => return code,
     };
     init_logging();
+    // Test builds only (cargo feature `failpoints`); a release build ignores the variable.
+    if let Err(e) = fivezero_gateway::failpoints::arm_from_env() {
+        eprintln!("fivezero-gateway: {e}");
+        return ExitCode::FAILURE;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -37,6 +37,7 @@ use tracing::{error, info, warn};
 
 use crate::buffer::{Buffer, BufferOptions};
 use crate::config::Config;
+use crate::failpoints::{self, failpoint};
 use crate::kpi::{self, task::Site};
 use crate::metrics::{self, DaemonCounts};
 use crate::poll::{self, DeviceReadings, HealthSnapshot, Poller, SystemClock};
@@ -244,6 +245,7 @@ async fn hand_over(
 ) {
     let mut group = Vec::with_capacity(GROUP_COMMIT);
     while rx.recv_many(&mut group, GROUP_COMMIT).await > 0 {
+        failpoint!(failpoints::K1_AFTER_POLL);
         let n: usize = group.iter().map(|c| c.readings.len()).sum();
         counts.polled.fetch_add(n as u64, Relaxed);
         let results = buffer.append_cycles(&group).await;

@@ -10,12 +10,15 @@
 //!   acknowledgements.
 //! - [`publish`]: the MQTT publisher.
 //! - [`sunspec`]: SunSpec discovery and draft profiles (`fivezero-gateway scan`).
+//! - [`failpoints`]: the kill -9 failpoints (K1–K7), compiled in only with the cargo feature
+//!   `failpoints`.
 //!
 //! The binary (`src/main.rs`) is the CLI on top.
 
 pub mod buffer;
 pub mod config;
 pub mod daemon;
+pub mod failpoints;
 pub mod kpi;
 pub mod metrics;
 pub mod outbox;

@@ -55,6 +55,10 @@ enum Command {
     /// chain and, with --emit-profile, write a draft profile for the models scan knows
     /// (common 1, inverters 101-103, meters 201-204).
     Scan(cli_scan::ScanArgs),
+    /// Lists the kill -9 failpoints of this build, one name a line (exit status 0), or says
+    /// the build has none (exit status 1). Test builds only; see src/failpoints.rs.
+    #[command(hide = true)]
+    Failpoints,
 }
 
 #[derive(Debug, Subcommand)]
@@ -88,6 +92,22 @@ enum ProfileCommand {
     },
 }
 
+/// `fivezero-gateway failpoints`.
+fn failpoints() -> ExitCode {
+    use fivezero_gateway::failpoints;
+    if failpoints::compiled_in() {
+        for name in failpoints::ALL {
+            println!("{name}");
+        }
+        ExitCode::SUCCESS
+    } else {
+        eprintln!(
+            "this build has no failpoints (cargo feature `failpoints`; see gateway/src/failpoints.rs)"
+        );
+        ExitCode::FAILURE
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -99,5 +119,6 @@ fn main() -> ExitCode {
         Command::Profile(ProfileCommand::List { dir }) => profile_cmd::list(dir.as_deref()),
         Command::Read(args) => cli_read::run(&args),
         Command::Scan(args) => cli_scan::run(&args),
+        Command::Failpoints => failpoints(),
     }
 }

@@ -17,7 +17,9 @@
 //!   [`KpiQuality::MeterFault`] and insufficient tiers.
 //! - Ratios are fractions with unit `"1"` (0.99, not 99 %). Tier thresholds are the values
 //!   of the national zero-carbon-park guide (tier A, NDRC/MIIT/NEA 2025) and of the reference
-//!   park's five-zero claim (tier Z, Qingdao Green Sail).
+//!   park's five-zero claim (tier Z, Qingdao Green Sail), written once in [`TIER_RULES`]:
+//!   the functions here judge each window with it ([`judge_tiers`]) and the cloud sink judges
+//!   the ranges it recomputes with it ([`judge_tier`]).
 //! - Every coefficient used is recorded in the record's `factors` with its source.
 //!
 //! Definitions follow the project's KPI reference: GB/T 2589-2020 standard-coal coefficients,
@@ -163,15 +165,281 @@ pub struct Fuel {
     pub biogenic: bool,
 }
 
-/// What a tier demands of one condition.
-#[derive(Debug, Clone, Copy)]
-enum Rule {
-    AtLeast(f64),
-    AtMost(f64),
+// ------------------------------------------------------------------------------------------
+// Tier rules: the one table both the gateway's windows and the sink's ranges are judged by
+// ------------------------------------------------------------------------------------------
+
+/// Tolerance of every threshold comparison, so a ratio computed as 0.8 − 1 ulp still meets
+/// "≥ 80 %".
+pub const TIER_TOLERANCE: f64 = 1e-12;
+
+/// Tier Z of zero wastewater: discharge allowed as a share of the water used (reused +
+/// fresh, the reuse rate's denominator).
+pub const DISCHARGE_ALLOWANCE_SHARE: f64 = 0.005;
+
+/// Tier Z of zero wastewater: the discharge always allowed, m³ (a meter's resolution).
+pub const DISCHARGE_ALLOWANCE_FLOOR_M3: f64 = 0.1;
+
+/// Tier Z of zero wastewater: rainwater utilisation demanded when it rained.
+pub const RAIN_UTILISATION_MIN: f64 = 0.95;
+
+/// One condition of a tier rule. All conditions of a rule must hold; one whose input is
+/// missing makes the tier [`TierOutcome::InsufficientData`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum TierCondition {
+    /// The value of the KPI named is at least the threshold.
+    AtLeast(&'static str, f64),
+    /// The value of the KPI named is at most the threshold.
+    AtMost(&'static str, f64),
+    /// `zero_wastewater.discharged_m3` ≤ max([`DISCHARGE_ALLOWANCE_SHARE`] × the denominator
+    /// of `zero_wastewater.reuse_rate`, [`DISCHARGE_ALLOWANCE_FLOOR_M3`]).
+    DischargeAllowance,
+    /// `zero_wastewater.rain_utilisation` ≥ [`RAIN_UTILISATION_MIN`], or it has no
+    /// denominator (no rain: a dry window is not a failure).
+    RainOrDry,
 }
 
-/// A condition of a tier: a value (if known) and its rule.
-type Condition = (Option<f64>, Rule);
+/// A tier of one KPI: the KPI, the tier (`A` = the national guide, `Z` = the reference park's
+/// five-zero claim) and the conditions that must all hold.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TierRule {
+    /// KPI id.
+    pub kpi: &'static str,
+    /// `A` or `Z`.
+    pub tier: &'static str,
+    /// All must hold.
+    pub conditions: &'static [TierCondition],
+}
+
+/// Every tier rule, tier A before tier Z for each KPI. The functions below judge their
+/// records with it ([`judge_tiers`]), and the cloud sink judges the ranges it recomputes
+/// with it: this table is the only place a threshold is written.
+pub const TIER_RULES: &[TierRule] = {
+    use TierCondition::{AtLeast, AtMost, DischargeAllowance, RainOrDry};
+    const fn rule(
+        kpi: &'static str,
+        tier: &'static str,
+        conditions: &'static [TierCondition],
+    ) -> TierRule {
+        TierRule {
+            kpi,
+            tier,
+            conditions,
+        }
+    }
+    const TOTAL: &str = "zero_waste.total_recovery_rate";
+    const LANDFILL: &str = "zero_waste.landfill_share";
+    const CLOSURE: &str = "zero_waste.mass_balance_closure";
+    const REUSE: &str = "zero_wastewater.reuse_rate";
+    const RAIN: &str = "zero_wastewater.rain_utilisation";
+    const CASCADE: &str = "zero_exhaust.steam_cascade_utilisation";
+    const VENT: &str = "zero_exhaust.vent_fraction";
+    const HEAT: &str = "zero_waste_heat.recovery_rate";
+    const EXIT: &str = "zero_waste_heat.exit_within_limit_share";
+    const NET_ZERO: &str = "zero_energy.net_zero_ratio";
+    const FOSSIL: &str = "zero_energy.fossil_energy_tce";
+    const NET_IMPORT: &str = "zero_energy.net_grid_import_kwh";
+    &[
+        // Zero waste: total recovery ≥ 80 % (A); ≥ 98 % with landfill ≤ 1 % and mass-balance
+        // closure ≤ 2 % (Z).
+        rule(TOTAL, "A", &[AtLeast(TOTAL, 0.80)]),
+        rule(
+            TOTAL,
+            "Z",
+            &[
+                AtLeast(TOTAL, 0.98),
+                AtMost(LANDFILL, 0.01),
+                AtMost(CLOSURE, 0.02),
+            ],
+        ),
+        rule(LANDFILL, "Z", &[AtMost(LANDFILL, 0.01)]),
+        rule(CLOSURE, "Z", &[AtMost(CLOSURE, 0.02)]),
+        // Zero wastewater: reuse ≥ 80 % (A); ≥ 90 % with discharge within the allowance and
+        // rain used ≥ 95 % when it rained (Z).
+        rule(REUSE, "A", &[AtLeast(REUSE, 0.80)]),
+        rule(
+            REUSE,
+            "Z",
+            &[AtLeast(REUSE, 0.90), DischargeAllowance, RainOrDry],
+        ),
+        rule("zero_wastewater.discharged_m3", "Z", &[DischargeAllowance]),
+        rule(RAIN, "Z", &[AtLeast(RAIN, RAIN_UTILISATION_MIN)]),
+        // Zero exhaust gas: steam put to use ≥ 95 % with vented ≤ 2 % (Z).
+        rule(CASCADE, "Z", &[AtLeast(CASCADE, 0.95), AtMost(VENT, 0.02)]),
+        rule(VENT, "Z", &[AtMost(VENT, 0.02)]),
+        // Zero waste heat: recovery ≥ 50 % (A); ≥ 90 % with the exit ≤ 40 °C for ≥ 95 % of
+        // running hours (Z).
+        rule(HEAT, "A", &[AtLeast(HEAT, 0.50)]),
+        rule(HEAT, "Z", &[AtLeast(HEAT, 0.90), AtLeast(EXIT, 0.95)]),
+        rule(EXIT, "Z", &[AtLeast(EXIT, 0.95)]),
+        // Zero energy: net-zero ratio ≥ 100 % with no fossil energy and no net import (Z);
+        // clean-energy share ≥ 90 % (A).
+        rule(
+            NET_ZERO,
+            "Z",
+            &[
+                AtLeast(NET_ZERO, 1.0),
+                AtMost(FOSSIL, 0.0),
+                AtMost(NET_IMPORT, 0.0),
+            ],
+        ),
+        rule(
+            "zero_energy.clean_energy_share",
+            "A",
+            &[AtLeast("zero_energy.clean_energy_share", 0.90)],
+        ),
+        rule(FOSSIL, "Z", &[AtMost(FOSSIL, 0.0)]),
+        rule(NET_IMPORT, "Z", &[AtMost(NET_IMPORT, 0.0)]),
+        // Carbon: intensity ≤ 0.20 tCO2/tce (A).
+        rule(
+            "carbon.intensity_t_per_tce",
+            "A",
+            &[AtMost("carbon.intensity_t_per_tce", 0.20)],
+        ),
+    ]
+};
+
+/// The rule of `tier` for `kpi`, if there is one.
+#[must_use]
+pub fn tier_rule(kpi: &str, tier: &str) -> Option<&'static TierRule> {
+    TIER_RULES.iter().find(|r| r.kpi == kpi && r.tier == tier)
+}
+
+/// The rules of `kpi`, tier A before tier Z.
+pub fn tier_rules(kpi: &str) -> impl Iterator<Item = &'static TierRule> + '_ {
+    TIER_RULES.iter().filter(move |r| r.kpi == kpi)
+}
+
+/// What a tier condition reads of a KPI of the same window (or of the same range).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TierFacts {
+    /// The value; `None` when missing.
+    pub value: Option<f64>,
+    /// The denominator of a ratio.
+    pub denominator: Option<f64>,
+    /// The quality.
+    pub quality: KpiQuality,
+}
+
+impl From<&KpiRecord> for TierFacts {
+    fn from(r: &KpiRecord) -> Self {
+        Self {
+            value: r.value,
+            denominator: r.denominator,
+            quality: r.quality,
+        }
+    }
+}
+
+/// Whether tiers are judged at all for a KPI of this quality and coverage: only `ok` or
+/// `estimated`, with coverage ≥ [`MIN_COVERAGE`]. Otherwise every tier says
+/// [`TierOutcome::InsufficientData`].
+#[must_use]
+pub fn judgeable(quality: KpiQuality, coverage: f64) -> bool {
+    matches!(quality, KpiQuality::Ok | KpiQuality::Estimated) && coverage >= MIN_COVERAGE
+}
+
+/// Judges one rule. `facts` gives what is known of a KPI of the same window or range (`None`
+/// when it is not there). The first condition whose input is missing makes the tier
+/// [`TierOutcome::InsufficientData`]; otherwise one that fails makes it
+/// [`TierOutcome::NotAchieved`]. Does not check [`judgeable`]: the caller does, for the
+/// KPI the tier belongs to.
+pub fn judge_tier(rule: &TierRule, facts: impl Fn(&str) -> Option<TierFacts>) -> TierOutcome {
+    let value = |kpi: &str| facts(kpi).and_then(|f| f.value);
+    let mut outcome = TierOutcome::Achieved;
+    for condition in rule.conditions {
+        let ok = match *condition {
+            TierCondition::AtLeast(kpi, t) => value(kpi).map(|v| v >= t - TIER_TOLERANCE),
+            TierCondition::AtMost(kpi, t) => value(kpi).map(|v| v <= t + TIER_TOLERANCE),
+            TierCondition::DischargeAllowance => {
+                let discharged = value("zero_wastewater.discharged_m3");
+                let used = facts("zero_wastewater.reuse_rate").and_then(|f| f.denominator);
+                discharged.zip(used).map(|(d, u)| {
+                    let allowed = (u * DISCHARGE_ALLOWANCE_SHARE).max(DISCHARGE_ALLOWANCE_FLOOR_M3);
+                    d - allowed <= TIER_TOLERANCE
+                })
+            }
+            TierCondition::RainOrDry => facts("zero_wastewater.rain_utilisation").and_then(|f| {
+                if f.quality == KpiQuality::NoDenominator {
+                    Some(true)
+                } else {
+                    f.value.map(|v| v >= RAIN_UTILISATION_MIN - TIER_TOLERANCE)
+                }
+            }),
+        };
+        match ok {
+            None => return TierOutcome::InsufficientData,
+            Some(false) => outcome = TierOutcome::NotAchieved,
+            Some(true) => {}
+        }
+    }
+    outcome
+}
+
+/// Sets the tiers of every record from [`TIER_RULES`], judged against the records of the
+/// same window (`records`): a KPI with rules gets one [`TierStatus`] per rule, tier A first,
+/// [`TierOutcome::InsufficientData`] unless [`judgeable`]; a KPI without keeps none.
+pub fn judge_tiers(records: &mut [KpiRecord]) {
+    let facts: Vec<(String, TierFacts)> = records
+        .iter()
+        .map(|r| (r.kpi.clone(), TierFacts::from(r)))
+        .collect();
+    let lookup = |kpi: &str| facts.iter().find(|(k, _)| k == kpi).map(|(_, f)| *f);
+    for r in records.iter_mut() {
+        let judged = judgeable(r.quality, r.coverage);
+        r.tiers = tier_rules(&r.kpi)
+            .map(|rule| TierStatus {
+                tier: rule.tier.to_owned(),
+                status: if judged {
+                    judge_tier(rule, lookup)
+                } else {
+                    TierOutcome::InsufficientData
+                },
+            })
+            .collect();
+    }
+}
+
+/// The smallest denominator a ratio KPI is computed from, in the denominator's unit: below
+/// it the KPI has no value ([`KpiQuality::NoDenominator`]: self-sufficiency at night is not
+/// 0 %). The same for a window and for a range of summed windows.
+#[must_use]
+pub fn denominator_epsilon(kpi: &str) -> f64 {
+    match kpi {
+        // Tonnes.
+        "zero_waste.total_recovery_rate"
+        | "zero_waste.material_recovery_rate"
+        | "zero_waste.energy_recovery_share"
+        | "zero_waste.landfill_share"
+        | "zero_waste.mass_balance_closure" => 1e-3,
+        // Cubic metres.
+        "zero_wastewater.reuse_rate" | "zero_wastewater.rain_utilisation" => 0.1,
+        // Tonnes of steam; cubic metres of air.
+        "zero_exhaust.steam_cascade_utilisation"
+        | "zero_exhaust.vent_fraction"
+        | "compressed_air.specific_power" => 0.01,
+        // Kilowatt-hours.
+        "zero_waste_heat.recovery_rate"
+        | "zero_energy.self_sufficiency"
+        | "zero_energy.self_consumption" => 1.0,
+        // Tonnes of coal equivalent.
+        "zero_energy.net_zero_ratio"
+        | "zero_energy.clean_energy_share"
+        | "carbon.intensity_t_per_tce" => 1e-6,
+        _ => 1e-12,
+    }
+}
+
+/// The constant a ratio KPI's value is Σ numerator / Σ denominator times: 60 for compressor
+/// specific power (kWh per m³ → kW per m³/min), 1 for every other.
+#[must_use]
+pub fn ratio_scale(kpi: &str) -> f64 {
+    if kpi == "compressed_air.specific_power" {
+        60.0
+    } else {
+        1.0
+    }
+}
 
 /// Combines what is known about the inputs of one record.
 #[derive(Debug, Clone, Copy)]
@@ -206,6 +474,7 @@ struct Builder<'a> {
 }
 
 impl Builder<'_> {
+    /// A record without tiers ([`judge_tiers`] sets them once the window's records exist).
     #[allow(clippy::too_many_arguments)] // Each argument is one field of the record.
     fn record(
         &self,
@@ -216,7 +485,6 @@ impl Builder<'_> {
         value: Option<f64>,
         inputs: Inputs,
         no_denominator: bool,
-        tiers: &[(&str, Vec<Condition>)],
         factors: Vec<Factor>,
         flags: Vec<String>,
     ) -> KpiRecord {
@@ -231,24 +499,11 @@ impl Builder<'_> {
         } else {
             KpiQuality::Ok
         };
-        let judgeable = matches!(quality, KpiQuality::Ok | KpiQuality::Estimated)
-            && inputs.coverage >= MIN_COVERAGE;
         let value = if inputs.all_present && !no_denominator {
             value
         } else {
             None
         };
-        let tiers = tiers
-            .iter()
-            .map(|(tier, conditions)| TierStatus {
-                tier: (*tier).to_owned(),
-                status: if judgeable {
-                    judge(conditions)
-                } else {
-                    TierOutcome::InsufficientData
-                },
-            })
-            .collect();
         KpiRecord {
             kpi: kpi.to_owned(),
             window: self.window.clone(),
@@ -258,22 +513,17 @@ impl Builder<'_> {
             unit: unit.to_owned(),
             coverage: inputs.coverage,
             quality,
-            tiers,
+            tiers: Vec::new(),
             factors,
             formula_version: FORMULA_VERSION,
             flags,
         }
     }
 
-    /// A ratio `numerator / denominator` with the usual rules.
-    fn ratio(
-        &self,
-        kpi: &str,
-        numerator: Option<Sum>,
-        denominator: Option<Sum>,
-        epsilon: f64,
-        tiers: impl FnOnce(Option<f64>) -> Vec<(&'static str, Vec<Condition>)>,
-    ) -> KpiRecord {
+    /// A ratio `numerator / denominator` with the usual rules and the KPI's
+    /// [`denominator_epsilon`].
+    fn ratio(&self, kpi: &str, numerator: Option<Sum>, denominator: Option<Sum>) -> KpiRecord {
+        let epsilon = denominator_epsilon(kpi);
         let inputs = inputs(&[numerator, denominator]);
         let (num, den) = (numerator.map(|s| s.value), denominator.map(|s| s.value));
         let no_den = inputs.all_present && den.is_none_or(|d| d.abs() < epsilon);
@@ -281,7 +531,6 @@ impl Builder<'_> {
             (Some(n), Some(d)) if d.abs() >= epsilon => Some(n / d),
             _ => None,
         };
-        let tiers = tiers(value);
         self.record(
             kpi,
             "1",
@@ -290,20 +539,18 @@ impl Builder<'_> {
             value,
             inputs,
             no_den,
-            &tiers,
             Vec::new(),
             Vec::new(),
         )
     }
 
-    /// A plain quantity (a sum, reported with its tiers if any).
+    /// A plain quantity (a sum).
     fn quantity(
         &self,
         kpi: &str,
         unit: &str,
         parts: &[Option<Sum>],
         value: Option<f64>,
-        tiers: &[(&str, Vec<Condition>)],
         factors: Vec<Factor>,
     ) -> KpiRecord {
         let inputs = inputs(parts);
@@ -315,26 +562,10 @@ impl Builder<'_> {
             value,
             inputs,
             false,
-            tiers,
             factors,
             Vec::new(),
         )
     }
-}
-
-fn judge(conditions: &[Condition]) -> TierOutcome {
-    let mut outcome = TierOutcome::Achieved;
-    for (value, rule) in conditions {
-        let ok = match (value, rule) {
-            (None, _) => return TierOutcome::InsufficientData,
-            (Some(v), Rule::AtLeast(t)) => *v >= *t - 1e-12,
-            (Some(v), Rule::AtMost(t)) => *v <= *t + 1e-12,
-        };
-        if !ok {
-            outcome = TierOutcome::NotAchieved;
-        }
-    }
-    outcome
 }
 
 /// Window sums for zero waste, in tonnes.
@@ -371,24 +602,14 @@ pub fn zero_waste(window: &Window, s: &WasteSums) -> Vec<KpiRecord> {
         (Some(m), Some(e)) => Some(m.plus(e)),
         _ => None,
     };
-    let ratio = |n: Option<Sum>, d: Option<Sum>| match (n, d) {
-        (Some(n), Some(d)) if d.value.abs() >= 1e-3 => Some(n.value / d.value),
-        _ => None,
-    };
-    let landfill = ratio(s.landfill, base);
+    let closure_epsilon = denominator_epsilon("zero_waste.mass_balance_closure");
     let closure = match (s.received, s.material, s.energy, s.landfill) {
-        (Some(r), Some(m), Some(e), Some(l)) if r.value.abs() >= 1e-3 => {
+        (Some(r), Some(m), Some(e), Some(l)) if r.value.abs() >= closure_epsilon => {
             let stock = s.stock_change.map_or(0.0, |x| x.value);
             Some((r.value - (m.value + e.value + l.value + stock)).abs() / r.value)
         }
         _ => None,
     };
-    let total = ratio(recovered, base);
-    let z = vec![
-        (total, Rule::AtLeast(0.98)),
-        (landfill, Rule::AtMost(0.01)),
-        (closure, Rule::AtMost(0.02)),
-    ];
     let mut closure_record = b.record(
         "zero_waste.mass_balance_closure",
         "1",
@@ -396,39 +617,20 @@ pub fn zero_waste(window: &Window, s: &WasteSums) -> Vec<KpiRecord> {
         s.received.map(|r| r.value),
         closure,
         inputs(&[s.received, s.material, s.energy, s.landfill]),
-        s.received.is_some_and(|r| r.value.abs() < 1e-3),
-        &[("Z", vec![(closure, Rule::AtMost(0.02))])],
+        s.received.is_some_and(|r| r.value.abs() < closure_epsilon),
         Vec::new(),
         Vec::new(),
     );
     closure_record.numerator = closure.map(|c| c * s.received.map_or(0.0, |r| r.value));
-    vec![
-        b.ratio(
-            "zero_waste.total_recovery_rate",
-            recovered,
-            base,
-            1e-3,
-            |v| vec![("A", vec![(v, Rule::AtLeast(0.80))]), ("Z", z.clone())],
-        ),
-        b.ratio(
-            "zero_waste.material_recovery_rate",
-            s.material,
-            base,
-            1e-3,
-            |_| Vec::new(),
-        ),
-        b.ratio(
-            "zero_waste.energy_recovery_share",
-            s.energy,
-            base,
-            1e-3,
-            |_| Vec::new(),
-        ),
-        b.ratio("zero_waste.landfill_share", s.landfill, base, 1e-3, |v| {
-            vec![("Z", vec![(v, Rule::AtMost(0.01))])]
-        }),
+    let mut records = vec![
+        b.ratio("zero_waste.total_recovery_rate", recovered, base),
+        b.ratio("zero_waste.material_recovery_rate", s.material, base),
+        b.ratio("zero_waste.energy_recovery_share", s.energy, base),
+        b.ratio("zero_waste.landfill_share", s.landfill, base),
         closure_record,
-    ]
+    ];
+    judge_tiers(&mut records);
+    records
 }
 
 /// Window sums for zero wastewater, in m³.
@@ -459,54 +661,23 @@ pub fn zero_wastewater(window: &Window, s: &WaterSums) -> Vec<KpiRecord> {
         (Some(r), Some(f)) => Some(r.plus(f)),
         _ => None,
     };
-    let reuse = b.ratio("zero_wastewater.reuse_rate", s.reused, total, 0.1, |_| {
-        Vec::new()
-    });
-    let allowed = total.map(|t| (t.value * 0.005).max(0.1));
-    let discharge_ok = match (s.discharged, allowed) {
-        (Some(d), Some(a)) => Some(d.value - a),
-        _ => None,
-    };
-    let rain = b.ratio(
-        "zero_wastewater.rain_utilisation",
-        s.rain_used,
-        s.rain_collected,
-        0.1,
-        |v| vec![("Z", vec![(v, Rule::AtLeast(0.95))])],
-    );
-    let rain_condition = match rain.quality {
-        KpiQuality::NoDenominator => Some(1.0),
-        _ => rain.value,
-    };
-    let reuse_value = reuse.value;
-    let mut reuse = reuse;
-    reuse.tiers = b
-        .ratio("zero_wastewater.reuse_rate", s.reused, total, 0.1, |v| {
-            vec![
-                ("A", vec![(v, Rule::AtLeast(0.80))]),
-                (
-                    "Z",
-                    vec![
-                        (reuse_value, Rule::AtLeast(0.90)),
-                        (discharge_ok, Rule::AtMost(0.0)),
-                        (rain_condition, Rule::AtLeast(0.95)),
-                    ],
-                ),
-            ]
-        })
-        .tiers;
-    vec![
-        reuse,
+    let mut records = vec![
+        b.ratio("zero_wastewater.reuse_rate", s.reused, total),
         b.quantity(
             "zero_wastewater.discharged_m3",
             "m³",
             &[s.discharged],
             s.discharged.map(|d| d.value),
-            &[("Z", vec![(discharge_ok, Rule::AtMost(0.0))])],
             Vec::new(),
         ),
-        rain,
-    ]
+        b.ratio(
+            "zero_wastewater.rain_utilisation",
+            s.rain_used,
+            s.rain_collected,
+        ),
+    ];
+    judge_tiers(&mut records);
+    records
 }
 
 /// Window sums for the steam cascade, in tonnes of steam.
@@ -529,30 +700,15 @@ pub struct SteamSums {
 #[must_use]
 pub fn zero_exhaust(window: &Window, s: &SteamSums) -> Vec<KpiRecord> {
     let b = Builder { window };
-    let ratio = |n: Option<Sum>| match (n, s.generated) {
-        (Some(n), Some(g)) if g.value.abs() >= 0.01 => Some(n.value / g.value),
-        _ => None,
-    };
-    let z = vec![
-        (ratio(s.used), Rule::AtLeast(0.95)),
-        (ratio(s.vented), Rule::AtMost(0.02)),
-    ];
     let mut records = vec![
         b.ratio(
             "zero_exhaust.steam_cascade_utilisation",
             s.used,
             s.generated,
-            0.01,
-            |_| vec![("Z", z.clone())],
         ),
-        b.ratio(
-            "zero_exhaust.vent_fraction",
-            s.vented,
-            s.generated,
-            0.01,
-            |v| vec![("Z", vec![(v, Rule::AtMost(0.02))])],
-        ),
+        b.ratio("zero_exhaust.vent_fraction", s.vented, s.generated),
     ];
+    judge_tiers(&mut records);
     for r in &mut records {
         r.flags.push("mass_basis".to_owned());
     }
@@ -586,32 +742,17 @@ pub fn zero_waste_heat(window: &Window, s: &HeatSums) -> Vec<KpiRecord> {
         _ => None,
     };
     let share = s.exit_within_limit_share.map(|x| x.value);
-    let mut rate = b.ratio(
-        "zero_waste_heat.recovery_rate",
-        s.recovered,
-        available,
-        1.0,
-        |v| {
-            vec![
-                ("A", vec![(v, Rule::AtLeast(0.50))]),
-                (
-                    "Z",
-                    vec![(v, Rule::AtLeast(0.90)), (share, Rule::AtLeast(0.95))],
-                ),
-            ]
-        },
-    );
+    let mut rate = b.ratio("zero_waste_heat.recovery_rate", s.recovered, available);
     if rate.value.is_some_and(|v| v > 1.0) {
         rate.flags.push("lhv_above_100".to_owned());
     }
-    vec![
+    let mut records = vec![
         rate,
         b.quantity(
             "zero_waste_heat.flue_exit_temperature",
             "°C",
             &[s.exit_temperature],
             s.exit_temperature.map(|t| t.value),
-            &[],
             Vec::new(),
         ),
         b.quantity(
@@ -619,10 +760,11 @@ pub fn zero_waste_heat(window: &Window, s: &HeatSums) -> Vec<KpiRecord> {
             "1",
             &[s.exit_within_limit_share],
             share,
-            &[("Z", vec![(share, Rule::AtLeast(0.95))])],
             Vec::new(),
         ),
-    ]
+    ];
+    judge_tiers(&mut records);
+    records
 }
 
 /// Window sums for energy, in kWh.
@@ -733,56 +875,23 @@ pub fn energy_and_carbon(
         (Some(a), Some(b2)) => Some(a.plus(b2)),
         _ => None,
     };
-    let intensity = ratio(intensity_num, total_tce, 1e-6);
+    let intensity_epsilon = denominator_epsilon("carbon.intensity_t_per_tce");
+    let intensity = ratio(intensity_num, total_tce, intensity_epsilon);
     let grid_factor = f.grid.factor("grid_emission_factor");
     let kgce_factor = f
         .electricity_kgce_per_kwh
         .factor("electricity_kgce_per_kwh");
 
     let mut out = vec![
-        b.ratio(
-            "zero_energy.self_sufficiency",
-            used_onsite,
-            load,
-            1.0,
-            |_| Vec::new(),
-        ),
-        b.ratio(
-            "zero_energy.self_consumption",
-            used_onsite,
-            generated,
-            1.0,
-            |_| Vec::new(),
-        ),
-        b.ratio(
-            "zero_energy.net_zero_ratio",
-            gen_tce,
-            total_tce,
-            1e-6,
-            |v| {
-                vec![(
-                    "Z",
-                    vec![
-                        (v, Rule::AtLeast(1.0)),
-                        (fossil_tce.map(|x| x.value), Rule::AtMost(0.0)),
-                        (net_import.map(|x| x.value), Rule::AtMost(0.0)),
-                    ],
-                )]
-            },
-        ),
-        b.ratio(
-            "zero_energy.clean_energy_share",
-            clean_tce,
-            total_tce,
-            1e-6,
-            |v| vec![("A", vec![(v, Rule::AtLeast(0.90))])],
-        ),
+        b.ratio("zero_energy.self_sufficiency", used_onsite, load),
+        b.ratio("zero_energy.self_consumption", used_onsite, generated),
+        b.ratio("zero_energy.net_zero_ratio", gen_tce, total_tce),
+        b.ratio("zero_energy.clean_energy_share", clean_tce, total_tce),
         b.quantity(
             "zero_energy.fossil_energy_tce",
             "tce",
             &[fossil_tce],
             fossil_tce.map(|x| x.value),
-            &[("Z", vec![(fossil_tce.map(|x| x.value), Rule::AtMost(0.0))])],
             fuel_factors.clone(),
         ),
         b.quantity(
@@ -790,7 +899,6 @@ pub fn energy_and_carbon(
             "kWh",
             &[imp, exp],
             net_import.map(|x| x.value),
-            &[("Z", vec![(net_import.map(|x| x.value), Rule::AtMost(0.0))])],
             Vec::new(),
         ),
         b.quantity(
@@ -798,7 +906,6 @@ pub fn energy_and_carbon(
             "tCO2",
             &[scope1],
             scope1.map(|x| x.value),
-            &[],
             fuel_factors,
         ),
         b.quantity(
@@ -806,7 +913,6 @@ pub fn energy_and_carbon(
             "tCO2",
             &[imp],
             scope2_loc.map(|x| x.value),
-            &[],
             vec![grid_factor.clone()],
         ),
         b.quantity(
@@ -814,7 +920,6 @@ pub fn energy_and_carbon(
             "tCO2",
             &[generated],
             generated.map(|g| g.value * grid_kg / 1000.0),
-            &[],
             vec![grid_factor.clone()],
         ),
     ];
@@ -839,7 +944,6 @@ pub fn energy_and_carbon(
             "tCO2",
             &[bought],
             bought.map(|x| x.value),
-            &[],
             vec![residual.factor("grid_residual_emission_factor")],
         ));
     }
@@ -850,13 +954,13 @@ pub fn energy_and_carbon(
         total_tce.map(|x| x.value),
         intensity,
         inputs(&[intensity_num, total_tce]),
-        total_tce.is_some_and(|t| t.value.abs() < 1e-6),
-        &[("A", vec![(intensity, Rule::AtMost(0.20))])],
+        total_tce.is_some_and(|t| t.value.abs() < intensity_epsilon),
         vec![grid_factor, kgce_factor],
         Vec::new(),
     );
     intensity_record.factors.dedup();
     out.push(intensity_record);
+    judge_tiers(&mut out);
     out
 }
 
@@ -874,14 +978,10 @@ pub struct CompressedAirSums {
 #[must_use]
 pub fn compressed_air(window: &Window, s: &CompressedAirSums) -> KpiRecord {
     let b = Builder { window };
-    let mut r = b.ratio(
-        "compressed_air.specific_power",
-        s.energy,
-        s.delivered,
-        0.01,
-        |_| Vec::new(),
-    );
-    r.value = r.value.map(|v| v * 60.0);
+    let mut r = b.ratio("compressed_air.specific_power", s.energy, s.delivered);
+    r.value = r
+        .value
+        .map(|v| v * ratio_scale("compressed_air.specific_power"));
     r.unit = "kW/(m³/min)".to_owned();
     r
 }
@@ -896,5 +996,5 @@ pub fn heat_kwh_to_tce(kwh: f64, f: &Factors) -> f64 {
 /// Missing when its input is.
 #[must_use]
 pub fn reported(window: &Window, kpi: &str, unit: &str, sum: Option<Sum>) -> KpiRecord {
-    Builder { window }.quantity(kpi, unit, &[sum], sum.map(|s| s.value), &[], Vec::new())
+    Builder { window }.quantity(kpi, unit, &[sum], sum.map(|s| s.value), Vec::new())
 }

@@ -409,3 +409,215 @@ fn every_record_passes_wire_validation() {
     };
     batch.validate(w.start).expect("valid");
 }
+
+// ------------------------------------------------------------------------------------------
+// The exported tier rules (what the cloud sink judges recomputed ranges with)
+// ------------------------------------------------------------------------------------------
+
+use fivezero_model::kpi::{TierCondition, TierFacts};
+
+#[test]
+fn the_tier_table_holds_the_thresholds_of_the_design() {
+    use TierCondition::{AtLeast, AtMost, DischargeAllowance, RainOrDry};
+    let rule = |kpi: &str, t: &str| kpi::tier_rule(kpi, t).unwrap().conditions.to_vec();
+    let total = "zero_waste.total_recovery_rate";
+    assert_eq!(rule(total, "A"), [AtLeast(total, 0.80)]);
+    assert_eq!(
+        rule(total, "Z"),
+        [
+            AtLeast(total, 0.98),
+            AtMost("zero_waste.landfill_share", 0.01),
+            AtMost("zero_waste.mass_balance_closure", 0.02)
+        ]
+    );
+    let reuse = "zero_wastewater.reuse_rate";
+    assert_eq!(rule(reuse, "A"), [AtLeast(reuse, 0.80)]);
+    assert_eq!(
+        rule(reuse, "Z"),
+        [AtLeast(reuse, 0.90), DischargeAllowance, RainOrDry]
+    );
+    let heat = "zero_waste_heat.recovery_rate";
+    assert_eq!(rule(heat, "A"), [AtLeast(heat, 0.50)]);
+    assert_eq!(
+        rule("zero_energy.clean_energy_share", "A"),
+        [AtLeast("zero_energy.clean_energy_share", 0.90)]
+    );
+    assert_eq!(
+        rule("carbon.intensity_t_per_tce", "A"),
+        [AtMost("carbon.intensity_t_per_tce", 0.20)]
+    );
+    // Zero exhaust gas has no tier A; self-sufficiency is reported, never judged.
+    assert!(kpi::tier_rule("zero_exhaust.steam_cascade_utilisation", "A").is_none());
+    assert_eq!(kpi::tier_rules("zero_energy.self_sufficiency").count(), 0);
+    // Every KPI named by a condition has records of its own.
+    for r in kpi::TIER_RULES {
+        for c in r.conditions {
+            if let AtLeast(k, _) | AtMost(k, _) = c {
+                assert!(kpi::tier_rules(k).count() > 0, "{k} has no rule of its own");
+            }
+        }
+        // A before Z.
+        let tiers: Vec<&str> = kpi::tier_rules(r.kpi).map(|r| r.tier).collect();
+        let mut sorted = tiers.clone();
+        sorted.sort_unstable();
+        assert_eq!(tiers, sorted, "{}", r.kpi);
+    }
+}
+
+fn facts(value: Option<f64>, denominator: Option<f64>, quality: KpiQuality) -> TierFacts {
+    TierFacts {
+        value,
+        denominator,
+        quality,
+    }
+}
+
+#[test]
+fn a_threshold_is_met_exactly_and_missed_by_a_hair() {
+    let a = kpi::tier_rule("zero_waste.total_recovery_rate", "A").unwrap();
+    let at = |v: f64| kpi::judge_tier(a, |_| Some(facts(Some(v), Some(1.0), KpiQuality::Ok)));
+    assert_eq!(at(0.80), TierOutcome::Achieved);
+    assert_eq!(at(0.8 - 1e-15), TierOutcome::Achieved); // within the tolerance
+    assert_eq!(at(0.8 - 1e-9), TierOutcome::NotAchieved);
+    assert_eq!(kpi::judge_tier(a, |_| None), TierOutcome::InsufficientData);
+}
+
+#[test]
+fn the_wastewater_z_tier_allows_a_small_discharge_and_a_dry_window() {
+    let z = kpi::tier_rule("zero_wastewater.reuse_rate", "Z").unwrap();
+    let judge = |discharged: f64, rain: TierFacts| {
+        kpi::judge_tier(z, |k| match k {
+            // 950 m³ reused of 1000 m³: allowance max(0.5 % × 1000, 0.1) = 5 m³.
+            "zero_wastewater.reuse_rate" => Some(facts(Some(0.95), Some(1000.0), KpiQuality::Ok)),
+            "zero_wastewater.discharged_m3" => Some(facts(Some(discharged), None, KpiQuality::Ok)),
+            "zero_wastewater.rain_utilisation" => Some(rain),
+            _ => None,
+        })
+    };
+    let dry = facts(None, Some(0.0), KpiQuality::NoDenominator);
+    let rained = |v| facts(Some(v), Some(10.0), KpiQuality::Ok);
+    assert_eq!(judge(5.0, dry), TierOutcome::Achieved);
+    assert_eq!(judge(5.1, dry), TierOutcome::NotAchieved);
+    assert_eq!(judge(0.0, rained(0.95)), TierOutcome::Achieved);
+    assert_eq!(judge(0.0, rained(0.90)), TierOutcome::NotAchieved);
+    // Rain meters missing: no verdict.
+    assert_eq!(
+        judge(0.0, facts(None, None, KpiQuality::InsufficientData)),
+        TierOutcome::InsufficientData
+    );
+}
+
+fn any_sum() -> impl Strategy<Value = Option<Sum>> {
+    let value = prop_oneof![
+        Just(0.0),
+        Just(1e-4),
+        0.0..2.0f64,
+        0.0..1000.0f64,
+        prop::sample::select(vec![0.01, 0.02, 0.5, 0.8, 0.9, 0.95, 0.98, 1.0, 100.0])
+    ];
+    let coverage = prop::sample::select(vec![1.0, 1.0, 0.96, 0.95, 0.94, 0.5]);
+    prop::option::weighted(
+        0.9,
+        (
+            value,
+            coverage,
+            prop::bool::weighted(0.1),
+            prop::bool::weighted(0.05),
+        )
+            .prop_map(|(value, coverage, estimated, fault)| Sum {
+                value,
+                coverage,
+                estimated,
+                fault,
+            }),
+    )
+}
+
+fn window_records() -> impl Strategy<Value = Vec<KpiRecord>> {
+    (
+        prop::collection::vec(any_sum(), 6),
+        prop::collection::vec(any_sum(), 5),
+        prop::collection::vec(any_sum(), 3),
+        prop::collection::vec(any_sum(), 4),
+        prop::collection::vec(any_sum(), 4),
+    )
+        .prop_map(|(w, h2o, st, he, en)| {
+            let mut out = kpi::zero_waste(
+                &day(),
+                &WasteSums {
+                    received: w[0],
+                    stock_drawn: w[1],
+                    material: w[2],
+                    energy: w[3],
+                    landfill: w[4],
+                    stock_change: w[5],
+                },
+            );
+            out.extend(kpi::zero_wastewater(
+                &day(),
+                &WaterSums {
+                    fresh: h2o[0],
+                    reused: h2o[1],
+                    discharged: h2o[2],
+                    rain_collected: h2o[3],
+                    rain_used: h2o[4],
+                },
+            ));
+            out.extend(kpi::zero_exhaust(
+                &day(),
+                &SteamSums {
+                    generated: st[0],
+                    used: st[1],
+                    vented: st[2],
+                },
+            ));
+            out.extend(kpi::zero_waste_heat(
+                &day(),
+                &HeatSums {
+                    recovered: he[0],
+                    stack_loss: he[1],
+                    exit_temperature: he[2],
+                    exit_within_limit_share: he[3],
+                },
+            ));
+            out.extend(kpi::energy_and_carbon(
+                &day(),
+                &EnergySums {
+                    renewable_generated: en[0],
+                    grid_import: en[1],
+                    grid_export: en[2],
+                    green_purchased: en[3],
+                },
+                &[],
+                &Factors::default(),
+            ));
+            out
+        })
+}
+
+use proptest::prelude::*;
+
+proptest! {
+    /// What the sink relies on: a window's tiers are the exported rules judged on the
+    /// window's own records, so judging a range's sums with the same rules is consistent.
+    #[test]
+    fn every_window_verdict_is_the_exported_rule_judged_on_the_windows_records(
+        records in window_records()
+    ) {
+        let lookup = |k: &str| records.iter().find(|r| r.kpi == k).map(TierFacts::from);
+        for r in &records {
+            let rules: Vec<&str> = kpi::tier_rules(&r.kpi).map(|x| x.tier).collect();
+            let tiers: Vec<&str> = r.tiers.iter().map(|t| t.tier.as_str()).collect();
+            prop_assert_eq!(&tiers, &rules, "{}", r.kpi);
+            for t in &r.tiers {
+                let rule = kpi::tier_rule(&r.kpi, &t.tier).unwrap();
+                let expected = if kpi::judgeable(r.quality, r.coverage) {
+                    kpi::judge_tier(rule, lookup)
+                } else {
+                    TierOutcome::InsufficientData
+                };
+                prop_assert_eq!(t.status, expected, "{} {}", r.kpi, t.tier);
+            }
+        }
+    }
+}

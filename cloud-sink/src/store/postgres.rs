@@ -5,24 +5,31 @@
 //! Transactions run at READ COMMITTED. Each begins by upserting its stream's `streams` row,
 //! which locks it until commit: a second sink writing the same stream waits there, and its
 //! following statements see what the first committed, so the ledger plan and the watermark
-//! are computed over everything stored. Migrations take a transaction-scoped advisory lock,
-//! so sinks starting together migrate once.
+//! are computed over everything stored. A group of batches ([`Store::store_batches`]) is one
+//! transaction (one WAL flush) that first locks every stream of the group in (gateway,
+//! epoch) order, so two sinks storing groups over the same streams wait for each other
+//! instead of deadlocking. The statements of the ingest path are prepared once per pooled
+//! connection (deadpool's statement cache) rather than on every call. Migrations take a
+//! transaction-scoped advisory lock, so sinks starting together migrate once.
 //!
 //! `readings` has no unique index (dedupe is the ledger's job), so it can be turned into a
 //! TimescaleDB hypertable on `ts` (integer milliseconds) where the extension is installed.
 
+use std::sync::Arc;
+
+use deadpool_postgres::Transaction;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use fivezero_model::wire::{
     Batch, Gap, KpiBatch, KpiRecord, Reading, Status, StreamAck, Value, Window,
 };
-use tokio_postgres::{NoTls, Row, Transaction};
+use tokio_postgres::{NoTls, Row, Statement};
 
 use super::ledger::{self, ItemKind, LedgerRange, Plan};
 use super::{
-    Commit, DeadLetter, GatewayInfo, KpiQuery, MAX_ACK_STREAMS, Outcome, Point, Quarantined,
-    RawMessage, ReadingsQuery, Retained, SeqRange, SeriesInfo, SeriesQuery, Store, StoreError,
-    StoredGap, StoredKpi, StoredReading, StreamInfo, enum_name, enum_of, from_json, json_text,
-    mask_password, run_indices, run_len, to_i64, to_u64,
+    Commit, DeadLetter, GatewayInfo, HashedBatch, KpiQuery, MAX_ACK_STREAMS, Outcome, Point,
+    Quarantined, RawMessage, ReadingsQuery, Retained, SeqRange, SeriesInfo, SeriesQuery, Store,
+    StoreError, StoredGap, StoredKpi, StoredReading, StreamInfo, enum_name, enum_of, from_json,
+    json_text, mask_password, quality_name, run_indices, run_len, to_i64, to_u64,
 };
 use crate::validate::RejectReason;
 
@@ -88,6 +95,11 @@ const MIGRATIONS: &[(u32, &str)] = &[
         "CREATE INDEX kpi_site_period ON kpi_records (site, period, window_start);
          CREATE INDEX kpi_retention ON kpi_records (window_end);
          CREATE INDEX readings_retention ON readings (ts);",
+    ),
+    (
+        3,
+        "DROP INDEX IF EXISTS readings_metric;
+         DROP INDEX IF EXISTS readings_stream;",
     ),
 ];
 
@@ -235,15 +247,15 @@ async fn lock_stream(
     epoch: &str,
     at: i64,
 ) -> Result<u64, StoreError> {
-    let row = tx
-        .query_one(
+    let stmt = tx
+        .prepare_cached(
             "INSERT INTO streams (gateway, epoch, site, watermark, first_seen, last_seen)
              VALUES ($1, $2, $3, 0, $4, $4)
              ON CONFLICT (gateway, epoch) DO UPDATE SET last_seen = excluded.last_seen
              RETURNING watermark",
-            &[&gateway, &epoch, &site, &at],
         )
         .await?;
+    let row = tx.query_one(&stmt, &[&gateway, &epoch, &site, &at]).await?;
     to_u64(row.get(0), "watermark")
 }
 
@@ -254,16 +266,16 @@ async fn update_watermark(
     current: u64,
 ) -> Result<(), StoreError> {
     let cur = to_i64(current, "watermark")?;
-    let rows = tx
-        .query(
+    let select = tx
+        .prepare_cached(
             "SELECT first_seq, last_seq FROM ledger
                WHERE gateway = $1 AND epoch = $2 AND last_seq > $3
              UNION ALL
              SELECT first_seq, last_seq FROM gaps
                WHERE gateway = $1 AND epoch = $2 AND last_seq > $3",
-            &[&gateway, &epoch, &cur],
         )
         .await?;
+    let rows = tx.query(&select, &[&gateway, &epoch, &cur]).await?;
     let mut ranges = Vec::with_capacity(rows.len());
     for r in rows {
         ranges.push((
@@ -274,27 +286,28 @@ async fn update_watermark(
     let w = ledger::advance(current, &mut ranges);
     if w > current {
         let w = to_i64(w, "watermark")?;
-        tx.execute(
-            "UPDATE streams SET watermark = $3 WHERE gateway = $1 AND epoch = $2 AND watermark < $3",
-            &[&gateway, &epoch, &w],
-        )
-        .await?;
+        let update = tx
+            .prepare_cached(
+                "UPDATE streams SET watermark = $3
+                 WHERE gateway = $1 AND epoch = $2 AND watermark < $3",
+            )
+            .await?;
+        tx.execute(&update, &[&gateway, &epoch, &w]).await?;
     }
     Ok(())
 }
 
+/// The gateway's watermarks, newest epochs first (see [`MAX_ACK_STREAMS`]).
+const ACKS_SQL: &str = "SELECT epoch, watermark FROM streams WHERE gateway = $1
+     ORDER BY last_seen DESC, epoch LIMIT $2";
+
 async fn acks_of(
     client: &impl tokio_postgres::GenericClient,
+    stmt: &Statement,
     gateway: &str,
 ) -> Result<Vec<StreamAck>, StoreError> {
     let limit = MAX_ACK_STREAMS as i64;
-    let rows = client
-        .query(
-            "SELECT epoch, watermark FROM streams WHERE gateway = $1
-             ORDER BY last_seen DESC, epoch LIMIT $2",
-            &[&gateway, &limit],
-        )
-        .await?;
+    let rows = client.query(stmt, &[&gateway, &limit]).await?;
     rows.iter()
         .map(|r| {
             let epoch: String = r.get(0);
@@ -309,6 +322,7 @@ async fn acks_of(
 }
 
 /// Inserts the index ranges of a message's entries: readings or KPI records.
+#[derive(Clone, Copy)]
 enum Entries<'a> {
     Readings(&'a Batch),
     Kpis(&'a KpiBatch),
@@ -322,10 +336,19 @@ async fn insert_readings(
     first_seq: i64,
 ) -> Result<(), StoreError> {
     let rs: &[Reading] = b.readings.get(range).unwrap_or_default();
-    let mut seqs = Vec::with_capacity(rs.len());
-    let (mut ts, mut devices, mut metrics) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut numbers, mut texts, mut qualities, mut reasons) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let n = rs.len();
+    let mut seqs = Vec::with_capacity(n);
+    let (mut ts, mut devices, mut metrics) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut numbers, mut texts, mut qualities, mut reasons) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
     for (i, r) in rs.iter().enumerate() {
         seqs.push(first_seq + i64::try_from(i).unwrap_or(i64::MAX));
         ts.push(r.ts);
@@ -338,14 +361,19 @@ async fn insert_readings(
         };
         numbers.push(n);
         texts.push(t);
-        qualities.push(enum_name(&r.quality));
+        qualities.push(quality_name(r.quality));
         reasons.push(r.reason.as_deref());
     }
+    let stmt = tx
+        .prepare_cached(
+            "INSERT INTO readings (site, gateway, epoch, seq, ts, device, metric, value,
+               value_text, quality, reason)
+             SELECT $1, $2, $3, * FROM UNNEST($4::bigint[], $5::bigint[], $6::text[],
+               $7::text[], $8::float8[], $9::text[], $10::text[], $11::text[])",
+        )
+        .await?;
     tx.execute(
-        "INSERT INTO readings (site, gateway, epoch, seq, ts, device, metric, value, value_text,
-           quality, reason)
-         SELECT $1, $2, $3, * FROM UNNEST($4::bigint[], $5::bigint[], $6::text[], $7::text[],
-           $8::float8[], $9::text[], $10::text[], $11::text[])",
+        &stmt,
         &[
             &b.site, &b.gateway, &epoch, &seqs, &ts, &devices, &metrics, &numbers, &texts,
             &qualities, &reasons,
@@ -363,7 +391,7 @@ async fn insert_kpis(
     first_seq: i64,
 ) -> Result<(), StoreError> {
     let stmt = tx
-        .prepare(
+        .prepare_cached(
             "INSERT INTO kpi_records (site, gateway, epoch, seq, kpi, window_start, window_end,
              period, tz, numerator, denominator, value, unit, coverage, quality, tiers, factors,
              flags, formula_version)
@@ -402,6 +430,126 @@ async fn insert_kpis(
     Ok(())
 }
 
+/// Stores one message's readings or KPI records inside `tx` (which the caller commits):
+/// lock the stream, plan against the ledger, write what is new, recompute the watermark.
+async fn store_entries_in(
+    tx: &Transaction<'_>,
+    entries: Entries<'_>,
+    item_hashes: &[u8],
+    raw: &RawMessage,
+) -> Result<Commit, StoreError> {
+    let (site, gateway, epoch, first_seq, count, kind) = match entries {
+        Entries::Readings(b) => (
+            &b.site,
+            &b.gateway,
+            b.epoch,
+            b.first_seq,
+            b.count,
+            ItemKind::Readings,
+        ),
+        Entries::Kpis(k) => (
+            &k.site,
+            &k.gateway,
+            k.epoch,
+            k.first_seq,
+            k.count,
+            ItemKind::Kpis,
+        ),
+    };
+    let epoch = epoch.to_string();
+    let last = first_seq + u64::from(count) - 1;
+    let (first_i, last_i) = (to_i64(first_seq, "first_seq")?, to_i64(last, "last_seq")?);
+    let watermark = lock_stream(tx, site, gateway, &epoch, raw.received_at).await?;
+    let overlapping = tx
+        .prepare_cached(
+            "SELECT first_seq, last_seq, kind, item_hashes FROM ledger
+             WHERE gateway = $1 AND epoch = $2 AND last_seq >= $3 AND first_seq <= $4",
+        )
+        .await?;
+    let rows = tx
+        .query(&overlapping, &[gateway, &epoch, &first_i, &last_i])
+        .await?;
+    let mut existing = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let kind_name: String = r.get(2);
+        existing.push(LedgerRange {
+            first: to_u64(r.get(0), "first_seq")?,
+            last: to_u64(r.get(1), "last_seq")?,
+            kind: ItemKind::from_name(&kind_name)
+                .ok_or_else(|| StoreError::Corrupt(format!("ledger kind {kind_name:?}")))?,
+            item_hashes: r.get(3),
+        });
+    }
+    let outcome = match ledger::plan(first_seq, last, kind, item_hashes, &existing) {
+        Plan::Duplicate => Outcome::Duplicate {
+            items: u64::from(count),
+        },
+        Plan::Conflict { detail } => {
+            tx.execute(
+                "INSERT INTO quarantine (received_at, topic, gateway, epoch, first_seq, count,
+                 kind, hash, payload, detail)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                &[
+                    &raw.received_at,
+                    &raw.topic,
+                    gateway,
+                    &epoch,
+                    &first_i,
+                    &i64::from(count),
+                    &kind.as_str(),
+                    &ledger::content_hash(item_hashes),
+                    &raw.payload,
+                    &detail,
+                ],
+            )
+            .await?;
+            Outcome::Conflict { detail }
+        }
+        Plan::Insert { runs, duplicates } => {
+            let insert = tx
+                .prepare_cached(
+                    "INSERT INTO ledger (gateway, epoch, first_seq, last_seq, count, kind,
+                     hash, item_hashes, received_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                )
+                .await?;
+            for (range, &(a, b)) in run_indices(first_seq, &runs).into_iter().zip(&runs) {
+                let hashes = item_hashes
+                    .get(range.start * ledger::ITEM_HASH_LEN..range.end * ledger::ITEM_HASH_LEN)
+                    .unwrap_or_default();
+                let (a_i, b_i) = (to_i64(a, "first_seq")?, to_i64(b, "last_seq")?);
+                tx.execute(
+                    &insert,
+                    &[
+                        gateway,
+                        &epoch,
+                        &a_i,
+                        &b_i,
+                        &(b_i - a_i + 1),
+                        &kind.as_str(),
+                        &ledger::content_hash(hashes),
+                        &hashes,
+                        &raw.received_at,
+                    ],
+                )
+                .await?;
+                match entries {
+                    Entries::Readings(b) => insert_readings(tx, b, &epoch, range, a_i).await?,
+                    Entries::Kpis(k) => insert_kpis(tx, k, &epoch, range, a_i).await?,
+                }
+            }
+            update_watermark(tx, gateway, &epoch, watermark).await?;
+            Outcome::Stored {
+                items: run_len(&runs),
+                duplicates,
+            }
+        }
+    };
+    let acks = tx.prepare_cached(ACKS_SQL).await?;
+    let acks = acks_of(&**tx, &acks, gateway).await?;
+    Ok(Commit { outcome, acks })
+}
+
 fn kpi_of(r: &Row, at: usize) -> Result<KpiRecord, StoreError> {
     let period: String = r.get(at + 3);
     let quality: String = r.get(at + 10);
@@ -428,129 +576,53 @@ fn kpi_of(r: &Row, at: usize) -> Result<KpiRecord, StoreError> {
     })
 }
 
-impl PgStore {
-    async fn store_entries(
+impl Store for PgStore {
+    /// All in one transaction: one commit (one WAL flush) for the lot. The group's streams
+    /// are locked first, in (gateway, epoch) order, so two sinks storing groups over the same
+    /// streams wait for each other instead of deadlocking.
+    async fn store_batches(
         &self,
-        entries: Entries<'_>,
-        raw: &RawMessage,
-    ) -> Result<Commit, StoreError> {
-        let (site, gateway, epoch, first_seq, count, kind, item_hashes) = match entries {
-            Entries::Readings(b) => (
-                &b.site,
-                &b.gateway,
-                b.epoch,
-                b.first_seq,
-                b.count,
-                ItemKind::Readings,
-                ledger::reading_hashes(&b.readings),
-            ),
-            Entries::Kpis(k) => (
-                &k.site,
-                &k.gateway,
-                k.epoch,
-                k.first_seq,
-                k.count,
-                ItemKind::Kpis,
-                ledger::kpi_hashes(&k.records),
-            ),
-        };
-        let epoch = epoch.to_string();
-        let last = first_seq + u64::from(count) - 1;
-        let (first_i, last_i) = (to_i64(first_seq, "first_seq")?, to_i64(last, "last_seq")?);
+        batches: Vec<Arc<HashedBatch>>,
+    ) -> Result<Vec<Commit>, StoreError> {
         let mut client = self.pool.get().await.map_err(pool_error)?;
         let tx = client.transaction().await?;
-        let watermark = lock_stream(&tx, site, gateway, &epoch, raw.received_at).await?;
-        let rows = tx
-            .query(
-                "SELECT first_seq, last_seq, kind, item_hashes FROM ledger
-                 WHERE gateway = $1 AND epoch = $2 AND last_seq >= $3 AND first_seq <= $4",
-                &[gateway, &epoch, &first_i, &last_i],
-            )
-            .await?;
-        let mut existing = Vec::with_capacity(rows.len());
-        for r in &rows {
-            let kind_name: String = r.get(2);
-            existing.push(LedgerRange {
-                first: to_u64(r.get(0), "first_seq")?,
-                last: to_u64(r.get(1), "last_seq")?,
-                kind: ItemKind::from_name(&kind_name)
-                    .ok_or_else(|| StoreError::Corrupt(format!("ledger kind {kind_name:?}")))?,
-                item_hashes: r.get(3),
-            });
-        }
-        let outcome = match ledger::plan(first_seq, last, kind, &item_hashes, &existing) {
-            Plan::Duplicate => Outcome::Duplicate {
-                items: u64::from(count),
-            },
-            Plan::Conflict { detail } => {
-                tx.execute(
-                    "INSERT INTO quarantine (received_at, topic, gateway, epoch, first_seq, count,
-                     kind, hash, payload, detail)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-                    &[
-                        &raw.received_at,
-                        &raw.topic,
-                        gateway,
-                        &epoch,
-                        &first_i,
-                        &i64::from(count),
-                        &kind.as_str(),
-                        &ledger::content_hash(&item_hashes),
-                        &raw.payload,
-                        &detail,
-                    ],
-                )
-                .await?;
-                Outcome::Conflict { detail }
-            }
-            Plan::Insert { runs, duplicates } => {
-                for (range, &(a, b)) in run_indices(first_seq, &runs).into_iter().zip(&runs) {
-                    let hashes = item_hashes
-                        .get(range.start * ledger::ITEM_HASH_LEN..range.end * ledger::ITEM_HASH_LEN)
-                        .unwrap_or_default();
-                    let (a_i, b_i) = (to_i64(a, "first_seq")?, to_i64(b, "last_seq")?);
-                    tx.execute(
-                        "INSERT INTO ledger (gateway, epoch, first_seq, last_seq, count, kind,
-                         hash, item_hashes, received_at)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                        &[
-                            gateway,
-                            &epoch,
-                            &a_i,
-                            &b_i,
-                            &(b_i - a_i + 1),
-                            &kind.as_str(),
-                            &ledger::content_hash(hashes),
-                            &hashes,
-                            &raw.received_at,
-                        ],
+        if batches.len() > 1 {
+            let mut streams: Vec<(&str, String, &str, i64)> = batches
+                .iter()
+                .map(|h| {
+                    let b = h.batch();
+                    (
+                        b.gateway.as_str(),
+                        b.epoch.to_string(),
+                        b.site.as_str(),
+                        h.raw().received_at,
                     )
-                    .await?;
-                    match entries {
-                        Entries::Readings(b) => insert_readings(&tx, b, &epoch, range, a_i).await?,
-                        Entries::Kpis(k) => insert_kpis(&tx, k, &epoch, range, a_i).await?,
-                    }
-                }
-                update_watermark(&tx, gateway, &epoch, watermark).await?;
-                Outcome::Stored {
-                    items: run_len(&runs),
-                    duplicates,
-                }
+                })
+                .collect();
+            streams.sort_unstable_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+            streams.dedup_by(|a, b| (a.0, &a.1) == (b.0, &b.1));
+            for (gateway, epoch, site, at) in &streams {
+                lock_stream(&tx, site, gateway, epoch, *at).await?;
             }
-        };
-        let acks = acks_of(&*tx, gateway).await?;
+        }
+        let mut commits = Vec::with_capacity(batches.len());
+        for h in &batches {
+            commits.push(
+                store_entries_in(&tx, Entries::Readings(h.batch()), h.item_hashes(), h.raw())
+                    .await?,
+            );
+        }
         tx.commit().await?;
-        Ok(Commit { outcome, acks })
-    }
-}
-
-impl Store for PgStore {
-    async fn store_batch(&self, batch: Batch, raw: RawMessage) -> Result<Commit, StoreError> {
-        self.store_entries(Entries::Readings(&batch), &raw).await
+        Ok(commits)
     }
 
     async fn store_kpis(&self, kpis: KpiBatch, raw: RawMessage) -> Result<Commit, StoreError> {
-        self.store_entries(Entries::Kpis(&kpis), &raw).await
+        let item_hashes = ledger::kpi_hashes(&kpis.records);
+        let mut client = self.pool.get().await.map_err(pool_error)?;
+        let tx = client.transaction().await?;
+        let commit = store_entries_in(&tx, Entries::Kpis(&kpis), &item_hashes, &raw).await?;
+        tx.commit().await?;
+        Ok(commit)
     }
 
     async fn store_gap(&self, gap: Gap, received_at: i64) -> Result<Commit, StoreError> {
@@ -588,7 +660,8 @@ impl Store for PgStore {
                 items: u64::from(gap.count),
             }
         };
-        let acks = acks_of(&*tx, &gap.gateway).await?;
+        let acks = tx.prepare_cached(ACKS_SQL).await?;
+        let acks = acks_of(&*tx, &acks, &gap.gateway).await?;
         tx.commit().await?;
         Ok(Commit { outcome, acks })
     }
@@ -655,7 +728,8 @@ impl Store for PgStore {
 
     async fn watermarks(&self, gateway: String) -> Result<Vec<StreamAck>, StoreError> {
         let client = self.pool.get().await.map_err(pool_error)?;
-        acks_of(&**client, &gateway).await
+        let stmt = client.prepare_cached(ACKS_SQL).await?;
+        acks_of(&**client, &stmt, &gateway).await
     }
 
     async fn streams(&self) -> Result<Vec<StreamInfo>, StoreError> {

@@ -17,6 +17,7 @@ use super::state::{
     EvictPlan, GapRow, Kind, LoadedStream, RowHead, State, Totals, reason_code, reason_of,
 };
 use crate::config::Synchronous;
+use crate::failpoints::{self, failpoint};
 use crate::outbox::{Limits, Outgoing, OutgoingGap};
 
 /// Version of the schema this build writes; stored in `meta.schema_version`.
@@ -321,6 +322,7 @@ pub(crate) fn mark_clean(conn: &mut Connection) -> Result<()> {
 
 /// `PRAGMA wal_checkpoint(TRUNCATE)`: copies the WAL into the database and empties it.
 pub(crate) fn checkpoint_truncate(conn: &Connection) -> Result<()> {
+    failpoint!(failpoints::K7_CHECKPOINT);
     conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
     Ok(())
 }
@@ -533,6 +535,7 @@ fn evict(tx: &Transaction<'_>, state: &State, plan: &EvictPlan, now_ms: i64) -> 
         tx.prepare_cached("DELETE FROM rows WHERE id = ?1")?
             .execute([row.id])?;
     }
+    failpoint!(failpoints::K6_EVICT_BEFORE_GAP);
     for gap in &plan.gaps {
         let last: Option<GapRow> = tx
             .prepare_cached(
@@ -690,7 +693,9 @@ pub(crate) fn append(
     if let Some(bytes) = new.kpi_state {
         meta_set(&tx, KPI_STATE, bytes)?;
     }
+    failpoint!(failpoints::K2_BEFORE_COMMIT);
     tx.commit()?;
+    failpoint!(failpoints::K3_AFTER_COMMIT);
     Ok(Appended { rows, evicted })
 }
 
@@ -881,6 +886,7 @@ pub(crate) fn store_watermark(
     } else {
         None
     };
+    failpoint!(failpoints::K5_BEFORE_WATERMARK_COMMIT);
     tx.commit()?;
     Ok(fresh)
 }

@@ -17,6 +17,7 @@ use super::throttle::Throttle;
 use super::window::{MessageRef, Slot, Window, WindowError};
 use super::{PublishError, PublishStats, PublisherConfig, RetainUntil};
 use crate::config::MqttProtocol;
+use crate::failpoints::{self, failpoint};
 use crate::outbox::{Limits, Outbox, OutboxError};
 use crate::poll::Backoff;
 
@@ -406,7 +407,7 @@ impl<'a, O: Outbox> Runner<'a, O> {
                 now,
             ),
             LinkEvent::Written { pkid } => match self.window.written(pkid) {
-                Ok(()) => {}
+                Ok(()) => failpoint!(failpoints::K4_AFTER_PUBLISH),
                 Err(WindowError::PkidInUse { dropped, .. }) => {
                     // The dropped publish has no PUBACK to wait for any more: read it from
                     // the outbox again soon.
@@ -577,6 +578,9 @@ impl<'a, O: Outbox> Runner<'a, O> {
                 self.schedule_rewind(now);
             }
             return;
+        }
+        if let Slot::Message(_) = slot {
+            failpoint!(failpoints::K5_AFTER_PUBACK);
         }
         match slot {
             Slot::Message(m) => match self

@@ -33,6 +33,8 @@ pub(crate) struct Sink {
     gap_index: BTreeMap<u64, u64>,
     /// Readings received again, identical.
     pub(crate) duplicates: u64,
+    /// The sequence of every reading received again, in arrival order.
+    pub(crate) duplicate_seqs: Vec<u64>,
     /// Batch messages received.
     pub(crate) batches: u64,
     /// Messages taken so far (batches and gaps).
@@ -59,6 +61,7 @@ impl Sink {
             gaps: Vec::new(),
             gap_index: BTreeMap::new(),
             duplicates: 0,
+            duplicate_seqs: Vec::new(),
             batches: 0,
             arrivals: 0,
             epochs: Vec::new(),
@@ -99,6 +102,7 @@ impl Sink {
                             "seq {seq} arrived twice with different readings"
                         );
                         self.duplicates += 1;
+                        self.duplicate_seqs.push(seq);
                     }
                     None => {
                         self.readings.insert(seq, (reading, self.arrivals));
