@@ -646,7 +646,10 @@ impl Buffer {
             created = session.created,
             "Buffer opened."
         );
-        let stats = state.stats(now, state::FileUsage::default(), names.len());
+        // The file's size as opened, so the figures are true before the writer's first step
+        // (`buffer stats` reads them at once).
+        let file = store::file_usage(&conn, &path).unwrap_or_default();
+        let stats = state.stats(now, file, names.len());
         let shared = Arc::new(Shared {
             committed: watch::Sender::new(current.committed()),
             stats: Mutex::new(stats),
@@ -668,7 +671,7 @@ impl Buffer {
             retry: false,
             last_tick_ms: now,
             last_truncate_ms: i64::MIN / 2,
-            file: state::FileUsage::default(),
+            file,
             damaged: std::collections::HashSet::new(),
         };
         let thread_permits = Arc::clone(&permits);

@@ -446,6 +446,31 @@ async fn a_restart_continues_the_sequence_without_reuse() {
 }
 
 #[tokio::test]
+async fn the_figures_after_open_carry_the_file_size_before_any_write() {
+    let dir = scratch("file-size");
+    let clock = TestClock::new();
+    let buffer = Buffer::open(&dir, &options(&clock, "boot-a")).expect("open");
+    buffer
+        .append_readings(&cycle(50, T0, 0))
+        .await
+        .expect("append");
+    buffer.close().await;
+    let on_disk = std::fs::metadata(dir.join(fivezero_gateway::buffer::FILE_NAME))
+        .expect("the buffer file")
+        .len();
+    // `buffer stats` opens the buffer and reads the figures at once.
+    let buffer = Buffer::open(&dir, &options(&clock, "boot-a")).expect("reopen");
+    let stats = buffer.stats();
+    assert!(
+        stats.file_bytes >= on_disk && on_disk > 0,
+        "{} bytes reported, {on_disk} on disk",
+        stats.file_bytes
+    );
+    assert!(stats.used_bytes > 0);
+    buffer.close().await;
+}
+
+#[tokio::test]
 async fn close_marks_a_clean_stop_and_empties_the_wal() {
     let dir = scratch("close");
     let clock = TestClock::new();
