@@ -11,7 +11,11 @@
 //!   [`Child::spawn`] adds only the variables above.
 //! - The child's stdout (libtest's own lines) goes nowhere; its stderr, with the services' log
 //!   at `warn` (`FIVEZERO_ORACLE_CHILD_LOG` sets another filter), is appended to a file in the
-//!   scenario's folder.
+//!   scenario's folder. [`Child::stderr_line`] waits for a line of one incarnation there (the
+//!   `FAILPOINT <name>` marker of a halted gateway).
+//! - A gateway child arms the points of `FIVEZERO_FAILPOINTS` as `fivezero-gateway run`
+//!   does ([`Child::spawn_with_env`] sets it for one incarnation), and takes the byte budget
+//!   of [`BUDGET_ENV`] (below the config's 1 MiB floor) after loading its config.
 //! - A sink child writes its counters to [`STATS_ENV`]'s file every 100 ms (written aside and
 //!   renamed, so a reader never sees half a line): a killed incarnation leaves its last
 //!   figures behind, and the parent adds the incarnations up (the last 100 ms of each killed
@@ -32,6 +36,9 @@ pub(crate) const CONFIG_ENV: &str = "FIVEZERO_ORACLE_CHILD_CONFIG";
 pub(crate) const STATS_ENV: &str = "FIVEZERO_ORACLE_CHILD_STATS";
 /// The log filter of the child (default `warn,rumqttd=off`).
 pub(crate) const LOG_ENV: &str = "FIVEZERO_ORACLE_CHILD_LOG";
+/// A gateway child's byte budget, set after loading its config (below the validator's 1 MiB
+/// floor), in bytes.
+pub(crate) const BUDGET_ENV: &str = "FIVEZERO_ORACLE_CHILD_BUDGET";
 
 /// How long a SIGTERM may take before the test gives up on a clean stop.
 const TERM_LIMIT: Duration = Duration::from_secs(60);
@@ -66,12 +73,29 @@ fn entry_name() -> String {
 pub(crate) struct Child {
     role: Role,
     process: Option<std::process::Child>,
+    /// The file its stderr is appended to.
+    log: PathBuf,
+    /// The length of that file when this child started: its own lines come after.
+    log_start: u64,
 }
 
 impl Child {
     /// Starts the test binary again as `role` with `config`; a sink child writes its counters
     /// to `stats`; stderr is appended to `log`.
     pub(crate) fn spawn(role: Role, config: &Path, stats: Option<&Path>, log: &Path) -> Self {
+        Self::spawn_with_env(role, config, stats, log, &[])
+    }
+
+    /// [`Child::spawn`] with `env` added to the child's environment (for instance
+    /// `FIVEZERO_FAILPOINTS` for this incarnation only).
+    pub(crate) fn spawn_with_env(
+        role: Role,
+        config: &Path,
+        stats: Option<&Path>,
+        log: &Path,
+        env: &[(String, String)],
+    ) -> Self {
+        let log_start = std::fs::metadata(log).map_or(0, |m| m.len());
         let exe = std::env::current_exe().expect("the test binary's path");
         let stderr = std::fs::OpenOptions::new()
             .create(true)
@@ -89,13 +113,62 @@ impl Child {
         if let Some(stats) = stats {
             command.env(STATS_ENV, stats);
         }
+        command.envs(env.iter().map(|(k, v)| (k, v)));
         let process = command
             .spawn()
             .unwrap_or_else(|e| panic!("the {} child starts: {e}", role.as_str()));
         Self {
             role,
             process: Some(process),
+            log: log.to_owned(),
+            log_start,
         }
+    }
+
+    /// Waits (polling its stderr's file every 10 ms) until this child has written a whole
+    /// line containing `needle`, and returns that line; an error when the child ends first
+    /// or `limit` passes.
+    pub(crate) async fn stderr_line(
+        &mut self,
+        needle: &str,
+        limit: Duration,
+    ) -> Result<String, String> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            // Read before checking the exit, so a line written just before the end is seen.
+            if let Some(line) = find_line(&self.log, self.log_start, needle) {
+                return Ok(line);
+            }
+            if let Some(status) = self.exited() {
+                return Err(format!(
+                    "the {} child ended ({status}) without writing {needle:?}",
+                    self.role.as_str()
+                ));
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(format!(
+                    "the {} child wrote no {needle:?} within {limit:?}",
+                    self.role.as_str()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Sends SIGTERM (a clean stop) without waiting for the child to end.
+    pub(crate) fn signal_term(&self) {
+        let Some(p) = self.process.as_ref() else {
+            return;
+        };
+        let sent = Command::new("kill")
+            .args(["-TERM", &p.id().to_string()])
+            .status()
+            .expect("kill(1) runs");
+        assert!(
+            sent.success(),
+            "SIGTERM to the {} child",
+            self.role.as_str()
+        );
     }
 
     /// The process id.
@@ -160,6 +233,19 @@ impl Drop for Child {
             let _ = p.wait();
         }
     }
+}
+
+/// The first whole line after byte `from` of `log` that contains `needle`.
+fn find_line(log: &Path, from: u64, needle: &str) -> Option<String> {
+    let bytes = std::fs::read(log).ok()?;
+    let start = usize::try_from(from).ok()?.min(bytes.len());
+    let text = String::from_utf8_lossy(&bytes[start..]);
+    // Only lines ended by a newline: a line being written is not whole yet.
+    let whole = text.rfind('\n').map_or("", |end| &text[..end]);
+    whole
+        .lines()
+        .find(|l| l.contains(needle))
+        .map(str::to_owned)
 }
 
 /// Counters a sink child writes, one line of numbers.
@@ -315,8 +401,14 @@ fn child_process_entry() {
     runtime.block_on(async move {
         match role.as_str() {
             "gateway" => {
-                let config = fivezero_gateway::config::Config::load(&config)
+                let mut config = fivezero_gateway::config::Config::load(&config)
                     .unwrap_or_else(|e| panic!("{e}"));
+                if let Some(budget) = std::env::var(BUDGET_ENV).ok().and_then(|b| b.parse().ok()) {
+                    config.buffer.max_bytes = budget;
+                }
+                // As `fivezero-gateway run` does: the points FIVEZERO_FAILPOINTS names.
+                fivezero_gateway::failpoints::arm_from_env()
+                    .unwrap_or_else(|e| panic!("the failpoints: {e}"));
                 fivezero_gateway::daemon::run(config, sigterm())
                     .await
                     .unwrap_or_else(|e| panic!("the gateway failed: {e:#}"));

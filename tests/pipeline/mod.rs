@@ -160,10 +160,13 @@ pub(crate) struct Setup {
     /// Lines added to the sink's `[sink]` section; `{gateway}` stands for the gateway's id.
     pub(crate) sink_extra: String,
     /// The gateway's byte budget, set after loading (below the validator's 1 MiB floor);
-    /// in-process gateway only.
+    /// a gateway child gets it through `child::BUDGET_ENV`.
     pub(crate) budget: Option<u64>,
     /// Serve the gateway's Prometheus endpoint (on a free port).
     pub(crate) metrics: bool,
+    /// Variables added to a gateway child's environment (`FIVEZERO_FAILPOINTS`, …);
+    /// [`Pipeline::set_gateway_env`] changes them for the next start.
+    pub(crate) gateway_env: Vec<(String, String)>,
 }
 
 impl Setup {
@@ -179,6 +182,7 @@ impl Setup {
             sink_extra: String::new(),
             budget: None,
             metrics: false,
+            gateway_env: Vec::new(),
         }
     }
 }
@@ -266,10 +270,6 @@ impl Pipeline {
     /// Starts the simulator, the broker, the sink and a gateway polling `setup.devices` every
     /// 200 ms through an open gate.
     pub(crate) async fn start(name: &str, setup: Setup) -> Self {
-        assert!(
-            setup.budget.is_none() || setup.gateway == Place::InProcess,
-            "a budget below the config floor needs the gateway in process"
-        );
         assert!(
             setup.broker != Broker::SinkEmbedded || setup.sink == Place::InProcess,
             "a sink child needs a broker that outlives it"
@@ -480,13 +480,46 @@ impl Pipeline {
                 ));
                 GatewayRun::InProcess { stop, task }
             }
-            Place::Child => GatewayRun::Child(Child::spawn(
-                Role::Gateway,
-                &self.gateway_file,
-                None,
-                &self.dir.join("gateway.log"),
-            )),
+            Place::Child => {
+                let mut env = self.setup.gateway_env.clone();
+                if let Some(b) = self.setup.budget {
+                    env.push((child::BUDGET_ENV.to_owned(), b.to_string()));
+                }
+                GatewayRun::Child(Child::spawn_with_env(
+                    Role::Gateway,
+                    &self.gateway_file,
+                    None,
+                    &self.dir.join("gateway.log"),
+                    &env,
+                ))
+            }
         };
+    }
+
+    /// The variables added to the gateway child's environment from its next start on.
+    pub(crate) fn set_gateway_env(&mut self, env: Vec<(String, String)>) {
+        self.setup.gateway_env = env;
+    }
+
+    /// Waits until the gateway child running now writes a whole stderr line containing
+    /// `needle` and returns it; an error when it ends first or `limit` passes.
+    pub(crate) async fn gateway_stderr_line(
+        &mut self,
+        needle: &str,
+        limit: Duration,
+    ) -> Result<String, String> {
+        match &mut self.gateway {
+            GatewayRun::Child(c) => c.stderr_line(needle, limit).await,
+            _ => panic!("only a gateway child's stderr can be watched"),
+        }
+    }
+
+    /// Sends SIGTERM to the gateway child without waiting for it to end.
+    pub(crate) fn signal_term_gateway(&self) {
+        match &self.gateway {
+            GatewayRun::Child(c) => c.signal_term(),
+            _ => panic!("only a gateway child can be signalled"),
+        }
     }
 
     /// Whether the gateway is running (it has not ended on its own).
