@@ -20,7 +20,8 @@
 //!
 //! and the sink's peak resident memory (`VmHWM` from `/proc/PID/status`) at the end, the CPU
 //! seconds of the sink and of the gateway side and, for PostgreSQL, of every `postgres`
-//! process (the server does most of that work; other clients of the server count too).
+//! process (the server does most of that work; other clients of the server count too), then
+//! the same as a `BENCH ingest_bench.BACKEND key=value …` line for the benchmark suite.
 //!
 //! The broker is the machine's Mosquitto when `FIVEZERO_TEST_MQTT` is set
 //! (`mqtt://127.0.0.1:1883`), else the sink's embedded broker (which then runs inside the
@@ -332,6 +333,20 @@ async fn run(
         total as f64 / figures.sink_cpu.max(1e-3),
         if storage.starts_with("postgres") {
             format!(", PostgreSQL server {server_cpu:.2} s")
+        } else {
+            String::new()
+        },
+    );
+    // The same figures for the benchmark suite (bench/): `BENCH NAME key=value …`.
+    println!(
+        "BENCH ingest_bench.{name} readings={total} stored_per_s={:.0} end_to_end_per_s={:.0} \
+         sink_vm_hwm_mib={} sink_cpu_s={:.2}{}",
+        figures.stored_rate,
+        figures.end_to_end_rate,
+        figures.vm_hwm_kib / 1024,
+        figures.sink_cpu,
+        if storage.starts_with("postgres") {
+            format!(" server_cpu_s={server_cpu:.2}")
         } else {
             String::new()
         },

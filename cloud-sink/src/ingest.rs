@@ -57,10 +57,10 @@
 //!   publication). When the topic carries an epoch below what this sink computed, the sink
 //!   republishes, retained at QoS 1, that message with each epoch raised to its own value,
 //!   after a settling pause of [`REPUBLISH_SETTLE`] (its own next commit often covers it).
-//!   Values only ever go up, so the sinks agree after at most one exchange, and the retained
-//!   ack ends at the stored watermark as long as the sink that computed it is running (a
-//!   sink that dies takes its map with it: the next commit of that gateway fixes the
-//!   topic). Echoes of its own publications, from a broker that ignores No Local (the
+//!   A republication only ever raises values, so the exchange ends once the topic carries
+//!   every sink's highest, and the retained ack ends at the stored watermark as long as the
+//!   sink that computed it is running (a sink that dies takes its map with it: then the next
+//!   commit for that gateway, by any sink, fixes the topic). Echoes of its own publications, from a broker that ignores No Local (the
 //!   embedded rumqttd), are recognised by their bytes and skipped; cleared (empty) or
 //!   unreadable ack messages are ignored. These observations are not counted as received
 //!   messages; republications count in `acks_republished`.

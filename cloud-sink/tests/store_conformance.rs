@@ -482,6 +482,50 @@ async fn concurrent_writers_store_each_sequence_once<S: Store + Clone>(s: S) {
     assert!(s.quarantined(10).await.unwrap().is_empty());
 }
 
+async fn groups_over_two_streams_in_opposite_orders_all_commit<S: Store + Clone>(s: S) {
+    // Four writers store groups covering the same two streams, half in each order: on
+    // PostgreSQL each group locks both streams, which can deadlock unless the locks are
+    // always taken in one order.
+    const OTHER: Epoch = Epoch(0x0123_4567_89ab_cdef);
+    let mut tasks = Vec::new();
+    for w in 0..4_u64 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..40_u64 {
+                let a = hashed(batch(EPOCH, 1 + i * 5, 5, 0.0));
+                let b = hashed(batch(OTHER, 1 + i * 5, 5, 0.0));
+                let group = if w.is_multiple_of(2) {
+                    vec![a, b]
+                } else {
+                    vec![b, a]
+                };
+                let commits = s.store_batches(group).await.unwrap();
+                assert_eq!(commits.len(), 2);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut marks = s.watermarks(GW.into()).await.unwrap();
+    marks.sort_by_key(|a| a.epoch.0);
+    assert_eq!(
+        marks,
+        [
+            StreamAck {
+                epoch: OTHER,
+                seq: 200
+            },
+            StreamAck {
+                epoch: EPOCH,
+                seq: 200
+            }
+        ]
+    );
+    assert_eq!(count_readings(&s).await, 400);
+    assert!(s.quarantined(10).await.unwrap().is_empty());
+}
+
 async fn the_schema_is_at_the_latest_version<S: Store>(s: S) {
     assert_eq!(s.schema_version().await.unwrap(), 3);
 }
@@ -554,6 +598,7 @@ conformance!(
     status_records_presence_and_buffer_figures,
     batches_stored_together_have_each_the_outcome_they_would_have_alone,
     concurrent_writers_store_each_sequence_once,
+    groups_over_two_streams_in_opposite_orders_all_commit,
     the_schema_is_at_the_latest_version,
 );
 
