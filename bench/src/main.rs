@@ -345,9 +345,13 @@ fn suite(o: &Options) -> Result<bool, String> {
     let load_start = load_average();
     let date_start = report::date();
     println!("fivezero benchmark suite; load average at the start {load_start}");
-    if o.build {
+    let build_took = if o.build {
+        let t = std::time::Instant::now();
         build()?;
-    }
+        Some(t.elapsed())
+    } else {
+        None
+    };
     let programs = Programs::snapshot()?;
     let w = Workload {
         seconds: o.seconds,
@@ -512,7 +516,8 @@ fn suite(o: &Options) -> Result<bool, String> {
         });
     }
 
-    let machine = report::Machine::describe(&load_start, &date_start, started.elapsed());
+    let machine =
+        report::Machine::describe(&load_start, &date_start, started.elapsed(), build_took);
     let text = report::render(&machine, &w, &shared, &per);
     println!();
     println!("{text}");

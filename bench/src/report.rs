@@ -31,13 +31,15 @@ pub(crate) struct Ingest {
     pub(crate) end_to_end_per_s: Option<f64>,
     pub(crate) sink_vm_hwm_mib: Option<f64>,
     pub(crate) sink_cpu_s: Option<f64>,
+    /// CPU seconds of the PostgreSQL server's processes (PostgreSQL runs only).
+    pub(crate) server_cpu_s: Option<f64>,
 }
 
 impl Ingest {
     /// The figures of `backend` (`sqlite`, `postgres`): from a `BENCH ingest_bench.BACKEND`
     /// line (or `BENCH ingest_bench backend=BACKEND`) when there is one, else from the plain
     /// line `[BACKEND] stored N readings: … = R readings/s; … = E readings/s; sink VmHWM M
-    /// MiB; CPU: sink C s …`.
+    /// MiB; CPU: sink C s …[, PostgreSQL server S s]`.
     pub(crate) fn parse(out: &Outcome, backend: &str) -> Result<Self, String> {
         let bench = out.bench();
         let line = bench.get(&format!("ingest_bench.{backend}")).or_else(|| {
@@ -55,6 +57,7 @@ impl Ingest {
                 sink_vm_hwm_mib: number(f, "sink_vm_hwm_mib")
                     .or_else(|| number(f, "sink_vm_hwm_mb")),
                 sink_cpu_s: number(f, "sink_cpu_s"),
+                server_cpu_s: number(f, "server_cpu_s"),
             });
         }
         let tag = format!("[{backend}]");
@@ -100,6 +103,7 @@ impl Ingest {
             end_to_end_per_s: rates.get(1).copied(),
             sink_vm_hwm_mib: after("VmHWM", None),
             sink_cpu_s: after("sink", Some("CPU:")),
+            server_cpu_s: after("server", Some("PostgreSQL")),
         })
     }
 }
@@ -156,10 +160,16 @@ pub(crate) struct Machine {
     load_start: String,
     load_end: String,
     took: Duration,
+    build: Option<Duration>,
 }
 
 impl Machine {
-    pub(crate) fn describe(load_start: &str, date: &str, took: Duration) -> Self {
+    pub(crate) fn describe(
+        load_start: &str,
+        date: &str,
+        took: Duration,
+        build: Option<Duration>,
+    ) -> Self {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         let model = cpuinfo
             .lines()
@@ -201,6 +211,7 @@ impl Machine {
             load_start: load_start.to_owned(),
             load_end: crate::runner::load_average(),
             took,
+            build,
         }
     }
 }
@@ -291,6 +302,9 @@ fn ingest_cell(r: &Result<Ingest, String>) -> String {
                     "; sink CPU {:.1} s per million readings",
                     c / (n as f64 / 1e6)
                 );
+                if let Some(server) = g.server_cpu_s {
+                    let _ = write!(s, ", PostgreSQL server {:.1} s", server / (n as f64 / 1e6));
+                }
             }
             s
         }
@@ -313,7 +327,7 @@ pub(crate) fn render(m: &Machine, w: &Workload, s: &Shared, per: &[PerDevices]) 
     let _ = writeln!(
         out,
         "**Machine:** {} CPUs (`nproc`), {}; {}; Linux {}. **Date:** {}. **Load average** \
-         (1, 5, 15 min) at the start {}, at the end {}; the suite took {:.0} min.",
+         (1, 5, 15 min) at the start {}, at the end {}; the suite took {:.0} min{}.",
         m.cpus,
         m.model,
         m.memory,
@@ -321,7 +335,11 @@ pub(crate) fn render(m: &Machine, w: &Workload, s: &Shared, per: &[PerDevices]) 
         m.date,
         m.load_start,
         m.load_end,
-        m.took.as_secs_f64() / 60.0
+        m.took.as_secs_f64() / 60.0,
+        m.build.map_or_else(String::new, |b| format!(
+            ", of which {:.0} min the release build",
+            b.as_secs_f64() / 60.0
+        ))
     );
     let _ = writeln!(out);
     let _ = writeln!(
@@ -705,13 +723,14 @@ mod tests {
         let line = "[sqlite] stored 1000000 readings: first to last stored 12.22 s = 81841 \
                     readings/s; publisher start to last watermark 12.31 s = 81240 readings/s; \
                     sink VmHWM 208 MiB; CPU: sink 9.61 s (104058 readings per sink CPU \
-                    second), gateway side 1.13 s";
+                    second), gateway side 1.13 s, PostgreSQL server 4.20 s";
         let g = Ingest::parse_plain(line).unwrap();
         assert_eq!(g.readings, Some(1_000_000));
         assert!((g.stored_per_s - 81_841.0).abs() < 0.5);
         assert_eq!(g.end_to_end_per_s, Some(81_240.0));
         assert_eq!(g.sink_vm_hwm_mib, Some(208.0));
         assert_eq!(g.sink_cpu_s, Some(9.61));
+        assert_eq!(g.server_cpu_s, Some(4.2));
     }
 
     #[test]
