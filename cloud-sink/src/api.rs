@@ -789,29 +789,11 @@ pub struct SeriesParams {
     pub step: Option<String>,
     /// Default `delta` for counters, `last` for states, `avg` otherwise. `delta` is for
     /// counters only.
-    #[param(value_type = Option<AggName>)]
+    #[param(value_type = Option<series::Agg>)]
     pub agg: Option<String>,
     /// `json` (default) or `csv`; `Accept: text/csv` also gives CSV.
     #[param(value_type = Option<FormatName>)]
     pub format: Option<String>,
-}
-
-/// How the readings of a bucket are combined.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum AggName {
-    /// Arithmetic mean.
-    Avg,
-    /// Smallest value.
-    Min,
-    /// Largest value.
-    Max,
-    /// Sum of values.
-    Sum,
-    /// The last value.
-    Last,
-    /// Counter increase, resets handled.
-    Delta,
 }
 
 /// The answer's format.
@@ -1729,7 +1711,7 @@ fn is_error_body(schema: &utoipa::openapi::RefOr<utoipa::openapi::schema::Schema
     info(title = "fivezero sink API", description = "Read-only queries over what the cloud sink stored: sites, gateways, series, five-zero KPI scorecards recomputed from stored sums, coverage."),
     paths(healthz, readyz, prometheus, openapi_json, sites, gateways, devices, metrics,
         series_handler, kpis, kpis_latest, coverage, dead_letters, quarantine),
-    components(schemas(ErrorBody, AggName, FormatName, PeriodName)),
+    components(schemas(ErrorBody, series::Agg, FormatName, PeriodName)),
     modifiers(&BearerAuth, &CommonErrors)
 )]
 #[derive(Debug)]

@@ -8,8 +8,12 @@
 
 use crate::store::Point;
 
-/// How the points of a bucket are combined.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How the readings of a bucket are combined.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+#[schema(as = AggName)]
 pub enum Agg {
     /// Arithmetic mean.
     Avg,
@@ -21,7 +25,7 @@ pub enum Agg {
     Sum,
     /// The last value.
     Last,
-    /// Counter increase (resets handled).
+    /// Counter increase, resets handled.
     Delta,
 }
 
