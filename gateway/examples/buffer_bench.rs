@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use fivezero_gateway::buffer::{Buffer, BufferOptions};
 use fivezero_gateway::config::Synchronous;
-use fivezero_gateway::outbox::{Limits, Outbox};
+use fivezero_gateway::outbox::{Lane, Limits, Outbox};
 use fivezero_gateway::poll::DeviceReadings;
 use fivezero_model::wire::{Quality, Reading, Value};
 
@@ -138,7 +138,10 @@ async fn measure(dir: &PathBuf, sync: Synchronous, cycles: u64) -> Figures {
     let mut after = 0;
     let mut published = 0_u64;
     loop {
-        let out = buffer.pending(after, limits).await.expect("pending");
+        let out = buffer
+            .pending(Lane::backlog(after), limits)
+            .await
+            .expect("pending");
         let Some(last) = out.last() else { break };
         after = last.last_seq();
         published += out.iter().map(|m| u64::from(m.count)).sum::<u64>();

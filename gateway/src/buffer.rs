@@ -82,10 +82,12 @@
 //! # Acknowledgements
 //!
 //! - The publisher reads with [`Outbox::pending`]: committed sequences that are not finished,
-//!   oldest stream first, merged across contiguous rows of one kind into messages within the
-//!   [`Limits`]; a message never spans a declared gap, a missing row or a finished sequence.
-//!   `after` is the last sequence the publisher already holds in flight (0 after a
-//!   reconnect); when the stream served changes (an old epoch drained), `after` is ignored.
+//!   merged across contiguous rows of one kind into messages within the [`Limits`]; a message
+//!   never spans a declared gap, a missing row or a finished sequence. On the backlog
+//!   [`Lane`] the oldest stream goes first and `after` is the last sequence the publisher
+//!   already holds in flight (0 after a reconnect); when the stream served changes (an old
+//!   epoch drained), `after` is ignored; an open live lane's split bounds it. The live lane
+//!   reads one stream above its own `after` and leaves the backlog lane's place alone.
 //! - [`Outbox::broker_acked`] marks the range finished in memory. With
 //!   [`RetainUntil::BrokerAck`] the rows whose every sequence is acknowledged are deleted at
 //!   once. With [`RetainUntil::SinkAck`] (the default) rows stay until the sink's watermark
@@ -164,7 +166,7 @@ use tracing::{error, info, warn};
 
 pub use crate::config::RetainUntil;
 use crate::config::{BufferConfig, GatewayConfig, Synchronous};
-use crate::outbox::{Limits, Outbox, OutboxError, Outgoing, OutgoingGap};
+use crate::outbox::{Lane, Limits, Outbox, OutboxError, Outgoing, OutgoingGap};
 use crate::poll::DeviceReadings;
 
 /// The database's file name inside the state folder.
@@ -930,8 +932,8 @@ fn check_kpis(records: &[KpiRecord], now_ms: i64) -> Result<(), String> {
 }
 
 impl Outbox for Buffer {
-    async fn pending(&self, after: u64, limits: Limits) -> Result<Vec<Outgoing>, OutboxError> {
-        self.call(|reply| writer::Command::Pending(after, limits, reply))
+    async fn pending(&self, lane: Lane, limits: Limits) -> Result<Vec<Outgoing>, OutboxError> {
+        self.call(|reply| writer::Command::Pending(lane, limits, reply))
             .await?
     }
 

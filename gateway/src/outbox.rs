@@ -8,7 +8,9 @@
 //! Contract (the delivery rules of the wire contract, G1–G8 of the reliability reference):
 //! - [`Outbox::pending`] returns committed, not-yet-acknowledged messages in sequence order,
 //!   each a ready-to-publish wire payload covering a contiguous sequence range of one kind.
-//!   Messages never straddle a declared gap.
+//!   Messages never straddle a declared gap. It reads one of two [`Lane`]s: the backlog,
+//!   oldest first, or the live tail of one stream, so that after an outage fresh readings go
+//!   out beside the replay instead of behind it.
 //! - [`Outbox::broker_acked`] records the broker's PUBACK of one message. In `broker_ack` mode
 //!   that is the end of the rows; in `sink_ack` mode (the default) the rows stay until
 //!   [`Outbox::sink_acked`] passes them.
@@ -71,6 +73,46 @@ pub struct Limits {
     pub bytes_per_message: usize,
 }
 
+/// Where an [`Outbox::pending`] call reads.
+///
+/// After an outage the publisher splits the current stream at the sequence committed when
+/// the connection came back: the backlog lane replays everything up to the split, oldest
+/// first, while the live lane publishes what is committed after it, so a fresh reading
+/// reaches the sink in seconds even behind an hour of backlog. The sink's watermark is a
+/// contiguous prefix whatever the arrival order, so it only passes the split once the
+/// replay has filled everything below it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// Every stream, oldest first, from the first unfinished sequence above `after` of the
+    /// stream served last (from the start when the stream served changes). In the stream of
+    /// epoch `through.0`, nothing above sequence `through.1` (the live lane has those).
+    Backlog {
+        /// The last sequence already handed out on this lane (0: from the start).
+        after: u64,
+        /// The live lane's split, when one is open.
+        through: Option<(Epoch, u64)>,
+    },
+    /// The stream of `epoch` only, above `after`; nothing when the buffer holds no such
+    /// stream. Reading it does not move the backlog lane.
+    Live {
+        /// The stream's epoch.
+        epoch: Epoch,
+        /// The last sequence already handed out on this lane (the split at first).
+        after: u64,
+    },
+}
+
+impl Lane {
+    /// The backlog lane without a split, from after `after`.
+    #[must_use]
+    pub const fn backlog(after: u64) -> Self {
+        Self::Backlog {
+            after,
+            through: None,
+        }
+    }
+}
+
 /// Why an outbox operation failed.
 #[derive(Debug, Error)]
 pub enum OutboxError {
@@ -84,10 +126,10 @@ pub enum OutboxError {
 
 /// What the publisher needs from the buffer.
 pub trait Outbox: Send + Sync + 'static {
-    /// Committed messages with a first sequence above `after`, oldest first.
+    /// Committed messages not yet finished on `lane`, oldest first.
     fn pending(
         &self,
-        after: u64,
+        lane: Lane,
         limits: Limits,
     ) -> impl Future<Output = Result<Vec<Outgoing>, OutboxError>> + Send;
 

@@ -5,7 +5,7 @@
 //!
 //! ```text
 //!            committed() watch ──wakes──┐
-//! Outbox ──pending(after, limits)──▶ Publisher ──QoS 1 publish──▶ rumqttc ──▶ broker
+//! Outbox ──pending(lane, limits)───▶ Publisher ──QoS 1 publish──▶ rumqttc ──▶ broker
 //!    ▲                                  │  ▲                          │
 //!    ├──broker_acked(first, count)──────┘  └──Written(pkid), PubAck───┘ (driver task)
 //!    └──sink_acked(epoch, seq)◀── retained …/ack (AckWatermark), subscribed QoS 1
@@ -52,6 +52,13 @@
 //! - **Replay.** After an outage the backlog goes out oldest first at `replay_rate` messages
 //!   a second (a token bucket) while fresh commits keep landing: the outbox's `committed()`
 //!   watch wakes the publisher, which never polls on a timer.
+//! - **Live lane.** Every (re)connect and rewind splits the current stream at its last
+//!   commit ([`Lane`](crate::outbox::Lane)): what is committed after the split goes out first,
+//!   as it lands, and the backlog up to the split takes the window's and the rate's rest. So
+//!   after an hour's outage a fresh reading reaches the sink in seconds, not after the
+//!   replay; the sink's watermark, a contiguous prefix, passes the split once the replay has
+//!   filled everything below it. When the backlog lane has nothing left below the split the
+//!   two lanes merge.
 //! - **Limits.** `bytes_per_message` is lowered so a message fits the broker's Maximum Packet
 //!   Size (MQTT 5 CONNACK); a message that still does not fit is left in the buffer, counted
 //!   and logged as an error rather than sent (which would kill the connection).

@@ -11,7 +11,7 @@ use fivezero_gateway::buffer::{
     AppendError, Buffer, BufferError, BufferOptions, FILE_NAME, RetainUntil,
 };
 use fivezero_gateway::config::Synchronous;
-use fivezero_gateway::outbox::{Limits, Outbox, Outgoing};
+use fivezero_gateway::outbox::{Lane, Limits, Outbox, Outgoing};
 use fivezero_gateway::poll::DeviceReadings;
 use fivezero_model::topic::TopicKind;
 use fivezero_model::wire::{
@@ -165,7 +165,10 @@ async fn appends_get_contiguous_sequences_from_one_and_pending_returns_valid_bat
     assert_eq!(*committed.borrow_and_update(), 9);
     assert_eq!(a.epoch, buffer.epoch());
 
-    let out = buffer.pending(0, big()).await.expect("pending");
+    let out = buffer
+        .pending(Lane::backlog(0), big())
+        .await
+        .expect("pending");
     assert_eq!(
         out.iter()
             .map(|m| (m.kind, m.first_seq, m.count))
@@ -222,7 +225,10 @@ async fn cycles_committed_together_get_a_row_each_and_a_bad_one_is_refused_alone
         "one row per good cycle"
     );
     assert_eq!(stats.counters.dropped_invalid, 2);
-    let out = buffer.pending(0, big()).await.expect("pending");
+    let out = buffer
+        .pending(Lane::backlog(0), big())
+        .await
+        .expect("pending");
     assert_eq!(covered(&out, clock.now()), (1..=8).collect::<Vec<_>>());
     let next = buffer
         .append_readings(&cycle(2, T0, 3))
@@ -249,7 +255,10 @@ async fn pending_merges_contiguous_rows_within_the_limits() {
         items_per_message: 40,
         bytes_per_message: 1 << 20,
     };
-    let out = buffer.pending(0, limits).await.expect("pending");
+    let out = buffer
+        .pending(Lane::backlog(0), limits)
+        .await
+        .expect("pending");
     assert_eq!(
         out.iter()
             .map(|m| (m.first_seq, m.count))
@@ -257,7 +266,10 @@ async fn pending_merges_contiguous_rows_within_the_limits() {
         vec![(1, 40), (41, 40), (81, 40)],
         "rows are merged and split at the item limit"
     );
-    let next = buffer.pending(120, limits).await.expect("pending");
+    let next = buffer
+        .pending(Lane::backlog(120), limits)
+        .await
+        .expect("pending");
     assert_eq!(
         next.iter()
             .map(|m| (m.first_seq, m.count))
@@ -270,14 +282,104 @@ async fn pending_merges_contiguous_rows_within_the_limits() {
         items_per_message: 10_000,
         bytes_per_message: 2_000,
     };
-    let out = buffer.pending(0, small).await.expect("pending");
+    let out = buffer
+        .pending(Lane::backlog(0), small)
+        .await
+        .expect("pending");
     assert!(out.iter().all(|m| m.payload.len() <= 2_000));
     assert_eq!(covered(&out, clock.now()), (1..=150).collect::<Vec<_>>());
     let none = Limits {
         messages: 0,
         ..small
     };
-    assert!(buffer.pending(0, none).await.expect("pending").is_empty());
+    assert!(
+        buffer
+            .pending(Lane::backlog(0), none)
+            .await
+            .expect("pending")
+            .is_empty()
+    );
+    buffer.close().await;
+}
+
+#[tokio::test]
+async fn the_live_lane_reads_above_the_split_and_the_backlog_lane_stops_at_it() {
+    // Given 150 readings in rows of 15, split at 100 (inside the row 91..=105)
+    let dir = scratch("lanes");
+    let clock = TestClock::new();
+    let buffer = Buffer::open(&dir, &options(&clock, "boot-a")).expect("open");
+    for i in 0..10 {
+        buffer
+            .append_readings(&cycle(15, T0, i))
+            .await
+            .expect("append");
+    }
+    let epoch = buffer.epoch();
+    let split = Some((epoch, 100));
+    let one = Limits {
+        messages: 1,
+        items_per_message: 40,
+        bytes_per_message: 1 << 20,
+    };
+    let ranges = |out: &[Outgoing]| {
+        out.iter()
+            .map(|m| (m.first_seq, m.count))
+            .collect::<Vec<_>>()
+    };
+    // When the two lanes are read in turn
+    let backlog = |after| Lane::Backlog {
+        after,
+        through: split,
+    };
+    let live = |after| Lane::Live { epoch, after };
+    let b1 = buffer.pending(backlog(0), one).await.expect("pending");
+    let l1 = buffer.pending(live(100), one).await.expect("pending");
+    let b2 = buffer.pending(backlog(40), one).await.expect("pending");
+    let l2 = buffer.pending(live(140), one).await.expect("pending");
+    let b3 = buffer.pending(backlog(80), big()).await.expect("pending");
+    // Then each keeps its own place: the live lane does not move the backlog lane
+    assert_eq!(ranges(&b1), [(1, 40)]);
+    assert_eq!(ranges(&l1), [(101, 40)]);
+    assert_eq!(ranges(&b2), [(41, 40)]);
+    assert_eq!(ranges(&l2), [(141, 10)]);
+    assert_eq!(ranges(&b3), [(81, 20)], "the backlog stops at the split");
+    let mut all: Vec<u64> = [&b1, &l1, &b2, &l2, &b3]
+        .iter()
+        .flat_map(|out| covered(out, clock.now()))
+        .collect();
+    all.sort_unstable();
+    assert_eq!(all, (1..=150).collect::<Vec<_>>(), "each sequence once");
+    assert!(
+        buffer
+            .pending(backlog(100), big())
+            .await
+            .expect("pending")
+            .is_empty(),
+        "nothing left below the split"
+    );
+
+    // When the live lane's messages are acknowledged and the lanes merge
+    buffer.broker_acked(epoch, 101, 40).await.expect("ack");
+    buffer.broker_acked(epoch, 141, 10).await.expect("ack");
+    let merged = buffer
+        .pending(Lane::backlog(0), big())
+        .await
+        .expect("pending");
+    // Then only what the live lane has not finished comes again (here: nothing above 100)
+    assert_eq!(ranges(&merged), [(1, 100)]);
+
+    // And a live lane of an epoch the buffer does not hold reads nothing
+    let foreign = Lane::Live {
+        epoch: Epoch(epoch.0 ^ 1),
+        after: 0,
+    };
+    assert!(
+        buffer
+            .pending(foreign, big())
+            .await
+            .expect("pending")
+            .is_empty()
+    );
     buffer.close().await;
 }
 
@@ -299,7 +401,10 @@ async fn in_broker_ack_mode_acknowledged_rows_are_deleted_and_never_returned_aga
         items_per_message: 15,
         bytes_per_message: 1 << 20,
     };
-    let out = buffer.pending(0, limits).await.expect("pending");
+    let out = buffer
+        .pending(Lane::backlog(0), limits)
+        .await
+        .expect("pending");
     assert_eq!(
         out.iter()
             .map(|m| (m.first_seq, m.count))
@@ -325,7 +430,10 @@ async fn in_broker_ack_mode_acknowledged_rows_are_deleted_and_never_returned_aga
         vec![(1, 10), (11, 10), (31, 10)]
     );
     // Reconnect: everything not acknowledged comes again, nothing acknowledged does.
-    let again = buffer.pending(0, limits).await.expect("pending");
+    let again = buffer
+        .pending(Lane::backlog(0), limits)
+        .await
+        .expect("pending");
     let seqs = covered(&again, clock.now());
     assert_eq!(seqs, (1..=15).chain(31..=40).collect::<Vec<_>>());
     buffer
@@ -360,13 +468,22 @@ async fn in_sink_ack_mode_rows_stay_until_the_watermark_passes_them() {
             .await
             .expect("append");
     }
-    let out = buffer.pending(0, big()).await.expect("pending");
+    let out = buffer
+        .pending(Lane::backlog(0), big())
+        .await
+        .expect("pending");
     assert_eq!(out.len(), 1);
     buffer
         .broker_acked(buffer.epoch(), 1, 30)
         .await
         .expect("ack");
-    assert!(buffer.pending(0, big()).await.expect("pending").is_empty());
+    assert!(
+        buffer
+            .pending(Lane::backlog(0), big())
+            .await
+            .expect("pending")
+            .is_empty()
+    );
     assert_eq!(
         buffer.inventory().await.expect("inv").rows.len(),
         3,
@@ -395,16 +512,28 @@ async fn in_sink_ack_mode_rows_stay_until_the_watermark_passes_them() {
     buffer.close().await;
     let buffer = Buffer::open(&dir, &options(&clock, "boot-a")).expect("reopen");
     assert_eq!(buffer.epoch(), epoch, "a clean restart keeps the epoch");
-    let out = buffer.pending(0, big()).await.expect("pending");
+    let out = buffer
+        .pending(Lane::backlog(0), big())
+        .await
+        .expect("pending");
     assert_eq!(covered(&out, clock.now()), (16..=30).collect::<Vec<_>>());
     // Replay without a restart.
     buffer
         .broker_acked(buffer.epoch(), 16, 15)
         .await
         .expect("ack");
-    assert!(buffer.pending(0, big()).await.expect("pending").is_empty());
+    assert!(
+        buffer
+            .pending(Lane::backlog(0), big())
+            .await
+            .expect("pending")
+            .is_empty()
+    );
     buffer.replay_unconfirmed().await.expect("replay");
-    let out = buffer.pending(0, big()).await.expect("pending");
+    let out = buffer
+        .pending(Lane::backlog(0), big())
+        .await
+        .expect("pending");
     assert_eq!(covered(&out, clock.now()), (16..=30).collect::<Vec<_>>());
     buffer.sink_acked(epoch, 30).await.expect("watermark");
     assert_eq!(buffer.inventory().await.expect("inv").rows.len(), 0);
@@ -485,7 +614,7 @@ async fn close_marks_a_clean_stop_and_empties_the_wal() {
         other.append_readings(&cycle(5, T0, 0)).await,
         Err(AppendError::Closed { dropped: 5 })
     ));
-    assert!(other.pending(0, big()).await.is_err());
+    assert!(other.pending(Lane::backlog(0), big()).await.is_err());
     let wal = std::fs::metadata(dir.join(format!("{FILE_NAME}-wal"))).map_or(0, |m| m.len());
     assert_eq!(wal, 0, "the WAL is truncated");
     let conn = rusqlite::Connection::open(dir.join(FILE_NAME)).expect("open");
@@ -532,7 +661,10 @@ async fn the_epoch_rotates_after_a_reboot_following_an_unclean_normal_run() {
         "a new epoch starts at 1"
     );
     // The old epoch's rows go out first, with their own epoch.
-    let out = buffer.pending(0, big()).await.expect("pending");
+    let out = buffer
+        .pending(Lane::backlog(0), big())
+        .await
+        .expect("pending");
     assert_eq!(
         out.iter()
             .map(|m| (m.epoch, m.first_seq, m.count))
@@ -542,7 +674,10 @@ async fn the_epoch_rotates_after_a_reboot_following_an_unclean_normal_run() {
     covered(&out, clock.now());
     buffer.broker_acked(first, 1, 5).await.expect("ack");
     // `after` = 5 belonged to the old epoch; the new one is served from its start.
-    let out = buffer.pending(5, big()).await.expect("pending");
+    let out = buffer
+        .pending(Lane::backlog(5), big())
+        .await
+        .expect("pending");
     assert_eq!(
         out.iter()
             .map(|m| (m.epoch, m.first_seq, m.count))
@@ -654,7 +789,10 @@ async fn the_byte_budget_evicts_the_oldest_readings_first_and_declares_every_evi
     }
     assert_eq!(next, committed + 1);
     // Messages never straddle a gap; evicted sequences are never published.
-    let out = buffer.pending(0, big()).await.expect("pending");
+    let out = buffer
+        .pending(Lane::backlog(0), big())
+        .await
+        .expect("pending");
     let seqs = covered(&out, clock.now());
     assert!(seqs.iter().all(|s| {
         !ranges
@@ -763,7 +901,10 @@ async fn a_full_disk_drops_appends_keeps_publishing_and_recovers_by_itself() {
     ));
     assert_eq!(buffer.stats().counters.dropped_disk_full, 300);
     // Publishing goes on.
-    let out = buffer.pending(0, big()).await.expect("pending");
+    let out = buffer
+        .pending(Lane::backlog(0), big())
+        .await
+        .expect("pending");
     assert_eq!(covered(&out, clock.now()).len() as u64, stored);
     // The sink confirms; the rows go and their pages are free again.
     buffer
@@ -893,7 +1034,10 @@ async fn stats_convert_to_the_wire_buffer_state() {
         .await
         .expect("append");
     clock.advance(5_000);
-    buffer.pending(0, big()).await.expect("pending");
+    buffer
+        .pending(Lane::backlog(0), big())
+        .await
+        .expect("pending");
     let state = buffer.state();
     assert_eq!(
         (

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use fivezero_gateway::buffer::{AppendError, Buffer, BufferOptions, FILE_NAME, RetainUntil};
 use fivezero_gateway::config::Synchronous;
-use fivezero_gateway::outbox::{Limits, Outbox};
+use fivezero_gateway::outbox::{Lane, Limits, Outbox};
 use fivezero_gateway::poll::DeviceReadings;
 use fivezero_model::wire::{Quality, Reading, Value};
 
@@ -99,7 +99,10 @@ fn child() {
                 Err(e) => say(&format!("E {e}")),
             }
             if i % 3 == 2 {
-                let out = buffer.pending(cursor, limits).await.expect("pending");
+                let out = buffer
+                    .pending(Lane::backlog(cursor), limits)
+                    .await
+                    .expect("pending");
                 if let Some(m) = out.first() {
                     cursor = m.last_seq();
                     // Intent first: the deletion may commit before the kill lets us print.
@@ -152,7 +155,7 @@ async fn fsize_child(dir: &Path) {
     ));
     let out = buffer
         .pending(
-            0,
+            Lane::backlog(0),
             Limits {
                 messages: 100_000,
                 items_per_message: 10_000,

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use fivezero_gateway::buffer::{Buffer, BufferOptions, RetainUntil};
 use fivezero_gateway::config::Synchronous;
-use fivezero_gateway::outbox::{Limits, Outbox};
+use fivezero_gateway::outbox::{Lane, Limits, Outbox};
 use fivezero_gateway::poll::DeviceReadings;
 use fivezero_model::topic::TopicKind;
 use fivezero_model::wire::{
@@ -220,7 +220,7 @@ impl Harness {
                 };
                 let out = self
                     .buffer()
-                    .pending(self.model.cursor, limits)
+                    .pending(Lane::backlog(self.model.cursor), limits)
                     .await
                     .map_err(|e| TestCaseError::fail(e.to_string()))?;
                 prop_assert!(out.len() <= usize::from(*messages));
@@ -491,7 +491,7 @@ impl Harness {
         };
         let again = self
             .buffer()
-            .pending(0, all)
+            .pending(Lane::backlog(0), all)
             .await
             .map_err(|e| TestCaseError::fail(e.to_string()))?;
         let handed: Vec<u64> = again

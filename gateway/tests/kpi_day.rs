@@ -35,7 +35,7 @@ use fivezero_gateway::buffer::{Buffer, BufferOptions};
 use fivezero_gateway::config::{Config, MqttUrl, Synchronous};
 use fivezero_gateway::kpi::task::{Site, specs};
 use fivezero_gateway::kpi::{Accumulation, PointSpec};
-use fivezero_gateway::outbox::{Limits, Outbox};
+use fivezero_gateway::outbox::{Lane, Limits, Outbox};
 use fivezero_gateway::poll::DeviceReadings;
 use fivezero_gateway::publish::{Publisher, PublisherConfig};
 use fivezero_model::topic::TopicKind;
@@ -248,7 +248,7 @@ async fn from_buffer(buffer: &Buffer) -> (Vec<Reading>, Vec<KpiRecord>) {
     loop {
         let out = buffer
             .pending(
-                after,
+                Lane::backlog(after),
                 Limits {
                     messages: 100,
                     items_per_message: 10_000,

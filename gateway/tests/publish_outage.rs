@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fivezero_gateway::config::{MqttProtocol, MqttUrl};
-use fivezero_gateway::outbox::Outbox;
+use fivezero_gateway::outbox::{Lane, Outbox};
 use fivezero_gateway::publish::{
     PublishError, PublishStats, Publisher, PublisherConfig, RetainUntil, TlsSettings,
 };
@@ -232,6 +232,62 @@ async fn a_broker_killed_and_restarted_loses_nothing_and_causes_no_storm_over_mq
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_killed_and_restarted_loses_nothing_and_causes_no_storm_over_mqtt311() {
     an_outage_loses_nothing(MqttProtocol::V311).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_commit_goes_out_beside_the_backlog_not_behind_it() {
+    if !Mosquitto::available() {
+        return;
+    }
+    let broker = Mosquitto::start("live-lane", "").await;
+    let mut config = config_for(broker.url(), MqttProtocol::V5, RetainUntil::SinkAck);
+    // A backlog of 1,000 messages takes 10 s at this rate; no stall replay meanwhile.
+    config.replay_rate = NonZeroU32::new(100).unwrap();
+    config.stall_min = Duration::from_secs(120);
+    config.stall_max = Duration::from_secs(120);
+    let topics = config.topics.clone();
+    let outbox = MemoryOutbox::new(topics.gateway(), SITE, Mode::SinkAck);
+    // Given a backlog committed while the gateway could not publish
+    for _ in 0..1000 {
+        outbox.commit(5);
+    }
+    let split = outbox.committed_seq();
+    let sink = Sink::start(&broker.url(), &topics, &outbox).await;
+    let running = spawn(config, outbox.clone());
+    let stats = running.stats.clone();
+    eventually("the replay to start", LIMIT, || sink.contiguous() >= 50).await;
+
+    // When a fresh batch is committed while the replay runs
+    let fresh = outbox.commit(5);
+    eventually("the fresh batch to reach the sink", LIMIT, || {
+        sink.seen.lock().unwrap().contains(&fresh)
+    })
+    .await;
+
+    // Then it arrived long before the backlog was replayed
+    let replayed = sink.contiguous();
+    assert!(
+        replayed < split / 2,
+        "the fresh batch waited for the replay: {replayed} of {split} replayed first"
+    );
+    // And the sink's watermark, a contiguous prefix, still passes every sequence once the
+    // replay has filled the hole, with nothing published twice
+    let last = outbox.committed_seq();
+    eventually("the sink's watermark to reach the outbox", LIMIT, || {
+        outbox.sink_seq() == last
+    })
+    .await;
+    let s = stats.snapshot();
+    assert_eq!(s.republished_messages, 0, "{s:?}");
+    assert_eq!(s.published_messages, 1001, "{s:?}");
+    assert!(
+        outbox
+            .lanes_seen()
+            .iter()
+            .any(|l| matches!(l, Lane::Live { after, .. } if *after == split)),
+        "the live lane split the stream at the last commit before the connect"
+    );
+    running.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

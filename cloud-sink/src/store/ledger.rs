@@ -25,6 +25,12 @@
 //! The watermark of a stream is the highest sequence `w` such that every sequence `1..=w` is
 //! in a ledger row or a declared gap ([`advance`]). It depends only on what is stored, never
 //! on arrival order, and it never moves backwards.
+//!
+//! After a long outage the gateway replays old sequences while publishing fresh ones beside
+//! them, so thousands of ledger rows can sit above a hole in the watermark. The backends
+//! therefore read the ledger above the watermark in chunks of [`WATERMARK_CHUNK`] rows
+//! ordered by `last_seq` (with every gap above the watermark, which are few) and let
+//! [`scan_step`] decide after each chunk whether the next one can matter.
 
 use fivezero_model::wire::{KpiRecord, Reading};
 use sha2::{Digest, Sha256};
@@ -222,6 +228,47 @@ pub fn advance(current: u64, ranges: &mut [(u64, u64)]) -> u64 {
     w
 }
 
+/// Ledger rows read per chunk while recomputing a watermark.
+pub const WATERMARK_CHUNK: usize = 256;
+
+/// What [`scan_step`] decided about one chunk of ledger rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScanStep {
+    /// The watermark after this chunk (never below the one it started from).
+    pub watermark: u64,
+    /// Whether the next chunk (ledger rows with `last_seq > watermark`) may advance it
+    /// further.
+    pub more: bool,
+}
+
+/// One step of the chunked watermark scan: advances `current` over `chunk` (ledger rows
+/// `(first, last)` with `last > current`, the first ones in `last` order) and `gaps` (the
+/// declared gaps, any order, any overlap), and says whether to read the next chunk.
+///
+/// Ledger rows never overlap, so every row not yet read starts after the chunk's highest
+/// `last`. When the watermark stops below it, the sequence after the watermark is in no row
+/// and no gap: nothing later can fill it. When `chunk_full` is false the chunk held every row
+/// above `current`, so there is nothing more to read either.
+#[must_use]
+pub fn scan_step(
+    current: u64,
+    chunk: &[(u64, u64)],
+    chunk_full: bool,
+    gaps: &[(u64, u64)],
+) -> ScanStep {
+    let mut ranges = Vec::with_capacity(chunk.len() + gaps.len());
+    ranges.extend_from_slice(chunk);
+    ranges.extend_from_slice(gaps);
+    let watermark = advance(current, &mut ranges);
+    let more = chunk_full
+        && chunk
+            .iter()
+            .map(|&(_, last)| last)
+            .max()
+            .is_some_and(|end| watermark >= end);
+    ScanStep { watermark, more }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -309,6 +356,166 @@ mod tests {
         assert_eq!(advance(0, &mut [(1, 3), (5, 9)]), 3);
         assert_eq!(advance(0, &mut [(1, 10), (3, 4), (11, 11)]), 11, "overlaps");
         assert_eq!(advance(20, &mut [(1, 3)]), 20, "never backwards");
+    }
+
+    fn step(watermark: u64, more: bool) -> ScanStep {
+        ScanStep { watermark, more }
+    }
+
+    #[test]
+    fn an_empty_chunk_advances_over_gaps_only_and_stops() {
+        assert_eq!(scan_step(4, &[], false, &[]), step(4, false));
+        assert_eq!(
+            scan_step(4, &[], false, &[(5, 9), (12, 13)]),
+            step(9, false)
+        );
+    }
+
+    #[test]
+    fn a_hole_right_after_the_watermark_stops_at_once() {
+        // 11 is missing; whatever the next chunk holds starts after 30
+        let chunk = [(12, 20), (21, 30)];
+        assert_eq!(scan_step(10, &chunk, true, &[]), step(10, false));
+        assert_eq!(scan_step(10, &chunk, true, &[(40, 50)]), step(10, false));
+    }
+
+    #[test]
+    fn a_full_contiguous_chunk_asks_for_the_next() {
+        let chunk: Vec<(u64, u64)> = (0..WATERMARK_CHUNK as u64)
+            .map(|i| (11 + 2 * i, 12 + 2 * i))
+            .collect();
+        let end = 10 + 2 * WATERMARK_CHUNK as u64;
+        assert_eq!(scan_step(10, &chunk, true, &[]), step(end, true));
+        assert_eq!(
+            scan_step(10, &chunk, false, &[]),
+            step(end, false),
+            "a short chunk"
+        );
+    }
+
+    #[test]
+    fn a_hole_inside_a_full_chunk_stops_there() {
+        let chunk = [(1, 3), (4, 6), (8, 9)];
+        assert_eq!(scan_step(0, &chunk, true, &[]), step(6, false));
+        assert_eq!(
+            scan_step(0, &chunk, true, &[(7, 7)]),
+            step(9, true),
+            "a gap fills it"
+        );
+    }
+
+    #[test]
+    fn gaps_overlapping_ledger_rows_count_once() {
+        // a gap declared over sequences that later arrived anyway, and one inside a row
+        let chunk = [(1, 5), (9, 12)];
+        let gaps = [(4, 9), (10, 11)];
+        assert_eq!(scan_step(0, &chunk, true, &gaps), step(12, true));
+        assert_eq!(scan_step(0, &chunk, false, &gaps), step(12, false));
+        // a row straddling the watermark
+        assert_eq!(scan_step(3, &[(1, 5)], false, &[]), step(5, false));
+    }
+
+    #[test]
+    fn a_gap_bridging_two_chunks_carries_the_scan_on() {
+        // chunk 1 ends at 10, the gap covers 11..=25, the next rows start at 26
+        let gaps = [(11, 25)];
+        let first = scan_step(0, &[(1, 4), (5, 10)], true, &gaps);
+        assert_eq!(
+            first,
+            step(25, true),
+            "past the chunk's end, so read on from 25"
+        );
+        let second = scan_step(first.watermark, &[(26, 30), (32, 40)], true, &gaps);
+        assert_eq!(second, step(30, false));
+        // a gap reaching into the middle of the next chunk's first row
+        let first = scan_step(0, &[(1, 10)], true, &[(11, 27)]);
+        assert_eq!(first, step(27, true));
+        assert_eq!(
+            scan_step(27, &[(26, 30)], false, &[(11, 27)]),
+            step(30, false)
+        );
+    }
+
+    #[test]
+    fn the_scan_never_moves_backwards() {
+        assert_eq!(scan_step(20, &[(21, 22)], true, &[(1, 3)]), step(22, true));
+        assert_eq!(scan_step(20, &[(25, 30)], true, &[(1, 3)]), step(20, false));
+    }
+
+    /// Runs the scan the way the backends do, over `rows` sorted by `last`, `size` rows per
+    /// chunk; returns the watermark and how many chunks were read.
+    fn chunked(
+        current: u64,
+        rows: &[(u64, u64)],
+        gaps: &[(u64, u64)],
+        size: usize,
+    ) -> (u64, usize) {
+        let mut w = current;
+        let mut reads = 0;
+        loop {
+            let chunk: Vec<_> = rows
+                .iter()
+                .copied()
+                .filter(|r| r.1 > w)
+                .take(size)
+                .collect();
+            reads += 1;
+            let s = scan_step(w, &chunk, chunk.len() == size, gaps);
+            assert!(s.watermark >= w);
+            assert!(
+                !s.more || s.watermark > w,
+                "a step asking for more has advanced"
+            );
+            w = s.watermark;
+            if !s.more {
+                return (w, reads);
+            }
+        }
+    }
+
+    #[test]
+    fn the_chunked_scan_agrees_with_one_advance_over_everything() {
+        // every layout of 1..=12 cut into rows (bit i set: a row ends at i + 1), with each
+        // of a few holes left out and some gaps declared, read in chunks of 1, 2 and 3 rows
+        for cuts in 0u32..(1 << 11) {
+            let mut rows = Vec::new();
+            let mut first = 1;
+            for last in 1..=12u64 {
+                if last == 12 || cuts & (1 << (last - 1)) != 0 {
+                    rows.push((first, last));
+                    first = last + 1;
+                }
+            }
+            for drop in [None, Some(0), Some(rows.len() / 2), Some(rows.len() - 1)] {
+                let kept: Vec<_> = rows
+                    .iter()
+                    .enumerate()
+                    .filter(|&(i, _)| Some(i) != drop)
+                    .map(|(_, r)| *r)
+                    .collect();
+                for gaps in [&[][..], &[(3, 7)], &[(1, 1), (9, 12)], &[(2, 14)]] {
+                    for current in [0, 4] {
+                        let mut all: Vec<_> = kept.iter().chain(gaps).copied().collect();
+                        let want = advance(current, &mut all);
+                        for size in 1..=3 {
+                            let (got, _) = chunked(current, &kept, gaps, size);
+                            assert_eq!(got, want, "rows {kept:?} gaps {gaps:?} from {current}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn many_rows_above_a_hole_read_one_chunk() {
+        let rows: Vec<(u64, u64)> = (2..=5000).map(|s| (s, s)).collect();
+        assert_eq!(chunked(0, &rows, &[], WATERMARK_CHUNK), (0, 1));
+        let mut filled = vec![(1, 1)];
+        filled.extend_from_slice(&rows);
+        // 5000 is no multiple of the chunk size: the last chunk is short and ends the scan
+        let reads = 5000usize.div_ceil(WATERMARK_CHUNK);
+        assert_eq!(chunked(0, &filled, &[], WATERMARK_CHUNK), (5000, reads));
     }
 
     #[test]

@@ -259,6 +259,24 @@ async fn lock_stream(
     to_u64(row.get(0), "watermark")
 }
 
+/// Reads `(first_seq, last_seq)` pairs, the first two columns of `rows`.
+fn seq_ranges(rows: &[Row]) -> Result<Vec<(u64, u64)>, StoreError> {
+    rows.iter()
+        .map(|r| {
+            Ok((
+                to_u64(r.get(0), "first_seq")?,
+                to_u64(r.get(1), "last_seq")?,
+            ))
+        })
+        .collect()
+}
+
+/// Recomputes the stream's watermark from the ledger and the gaps, stores it if higher.
+///
+/// Reads every gap above the watermark but the ledger only in chunks of
+/// [`ledger::WATERMARK_CHUNK`] rows in `last_seq` order, stopping at the first hole
+/// ([`ledger::scan_step`]), so rows stored far above a hole are not read again by every
+/// message.
 async fn update_watermark(
     tx: &Transaction<'_>,
     gateway: &str,
@@ -266,24 +284,34 @@ async fn update_watermark(
     current: u64,
 ) -> Result<(), StoreError> {
     let cur = to_i64(current, "watermark")?;
-    let select = tx
+    let gaps = tx
         .prepare_cached(
-            "SELECT first_seq, last_seq FROM ledger
-               WHERE gateway = $1 AND epoch = $2 AND last_seq > $3
-             UNION ALL
-             SELECT first_seq, last_seq FROM gaps
+            "SELECT first_seq, last_seq FROM gaps
                WHERE gateway = $1 AND epoch = $2 AND last_seq > $3",
         )
         .await?;
-    let rows = tx.query(&select, &[&gateway, &epoch, &cur]).await?;
-    let mut ranges = Vec::with_capacity(rows.len());
-    for r in rows {
-        ranges.push((
-            to_u64(r.get(0), "first_seq")?,
-            to_u64(r.get(1), "last_seq")?,
-        ));
+    let gaps = seq_ranges(&tx.query(&gaps, &[&gateway, &epoch, &cur]).await?)?;
+    let chunk_stmt = tx
+        .prepare_cached(
+            "SELECT first_seq, last_seq FROM ledger
+               WHERE gateway = $1 AND epoch = $2 AND last_seq > $3
+             ORDER BY last_seq LIMIT $4",
+        )
+        .await?;
+    let limit = i64::try_from(ledger::WATERMARK_CHUNK).unwrap_or(i64::MAX);
+    let mut w = current;
+    loop {
+        let above = to_i64(w, "watermark")?;
+        let rows = tx
+            .query(&chunk_stmt, &[&gateway, &epoch, &above, &limit])
+            .await?;
+        let chunk = seq_ranges(&rows)?;
+        let step = ledger::scan_step(w, &chunk, chunk.len() >= ledger::WATERMARK_CHUNK, &gaps);
+        w = step.watermark;
+        if !step.more {
+            break;
+        }
     }
-    let w = ledger::advance(current, &mut ranges);
     if w > current {
         let w = to_i64(w, "watermark")?;
         let update = tx

@@ -295,27 +295,54 @@ fn overlapping(
     Ok(out)
 }
 
+/// Runs a query selecting `first_seq, last_seq` and returns the pairs.
+fn seq_ranges(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    params: impl rusqlite::Params,
+) -> Result<Vec<(u64, u64)>, StoreError> {
+    let mut out = Vec::new();
+    for row in stmt.query_map(params, |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))? {
+        let (a, b) = row?;
+        out.push((to_u64(a, "first_seq")?, to_u64(b, "last_seq")?));
+    }
+    Ok(out)
+}
+
 /// Recomputes the stream's watermark from the ledger and the gaps, stores it if higher.
+///
+/// Reads every gap above the watermark but the ledger only in chunks of
+/// [`ledger::WATERMARK_CHUNK`] rows in `last_seq` order, stopping at the first hole
+/// ([`ledger::scan_step`]), so rows stored far above a hole are not read again by every
+/// message.
 fn update_watermark(
     tx: &Transaction<'_>,
     gateway: &str,
     epoch: &str,
     current: u64,
 ) -> Result<(), StoreError> {
-    let mut stmt = tx.prepare_cached(
-        "SELECT first_seq, last_seq FROM ledger WHERE gateway = ?1 AND epoch = ?2 AND last_seq > ?3
-         UNION ALL
-         SELECT first_seq, last_seq FROM gaps WHERE gateway = ?1 AND epoch = ?2 AND last_seq > ?3",
-    )?;
-    let mut ranges = Vec::new();
-    for row in stmt.query_map(
+    let gaps = seq_ranges(
+        &mut tx.prepare_cached(
+            "SELECT first_seq, last_seq FROM gaps WHERE gateway = ?1 AND epoch = ?2 AND last_seq > ?3",
+        )?,
         params![gateway, epoch, to_i64(current, "watermark")?],
-        |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
-    )? {
-        let (a, b) = row?;
-        ranges.push((to_u64(a, "first_seq")?, to_u64(b, "last_seq")?));
+    )?;
+    let mut chunk_stmt = tx.prepare_cached(
+        "SELECT first_seq, last_seq FROM ledger WHERE gateway = ?1 AND epoch = ?2 AND last_seq > ?3
+         ORDER BY last_seq LIMIT ?4",
+    )?;
+    let limit = i64::try_from(ledger::WATERMARK_CHUNK).unwrap_or(i64::MAX);
+    let mut w = current;
+    loop {
+        let chunk = seq_ranges(
+            &mut chunk_stmt,
+            params![gateway, epoch, to_i64(w, "watermark")?, limit],
+        )?;
+        let step = ledger::scan_step(w, &chunk, chunk.len() >= ledger::WATERMARK_CHUNK, &gaps);
+        w = step.watermark;
+        if !step.more {
+            break;
+        }
     }
-    let w = ledger::advance(current, &mut ranges);
     if w > current {
         tx.prepare_cached(
             "UPDATE streams SET watermark = ?3 WHERE gateway = ?1 AND epoch = ?2 AND watermark < ?3",

@@ -45,6 +45,7 @@ use fivezero_model::wire::{Epoch, GapReason};
 
 use super::ranges::RangeSet;
 use super::{Counters, RetainUntil, Stats};
+use crate::outbox::Lane;
 
 /// Bytes counted for each row on top of its payload: the row's other columns, its record
 /// header and its index entry (measured at about 50–60 bytes).
@@ -745,21 +746,39 @@ impl State {
     // Publishing
     // --------------------------------------------------------------------------------------
 
-    /// Where `pending(after)` reads: the oldest stream with unfinished sequences, from its
-    /// first unfinished sequence above `after` (or above 0 when the stream served changed).
-    /// `None` when there is nothing to hand out.
-    pub(crate) fn pending_scan(&mut self, after: u64) -> Option<(i64, Epoch, u64)> {
-        let stream = self.streams().find(|s| s.backlog() > 0)?;
-        let (id, epoch) = (stream.id, stream.epoch);
-        let after = if self.served_stream == Some(id) {
-            after
-        } else {
-            0
-        };
-        let from = stream.finished.next_missing_after(after);
-        let committed = stream.committed();
-        self.served_stream = Some(id);
-        (from <= committed).then_some((id, epoch, from))
+    /// Where `pending(lane)` reads: the stream, its epoch, the first unfinished sequence to
+    /// hand out and the last sequence the lane may reach. On the backlog lane that is the
+    /// oldest stream with unfinished sequences, from its first unfinished sequence above
+    /// `after` (or above 0 when the stream served changed), up to the live lane's split; on
+    /// the live lane, the stream of its epoch above `after` (the stream served is left
+    /// alone). `None` when there is nothing to hand out.
+    pub(crate) fn pending_scan(&mut self, lane: Lane) -> Option<(i64, Epoch, u64, u64)> {
+        match lane {
+            Lane::Backlog { after, through } => {
+                let stream = self.streams().find(|s| s.backlog() > 0)?;
+                let (id, epoch) = (stream.id, stream.epoch);
+                let after = if self.served_stream == Some(id) {
+                    after
+                } else {
+                    0
+                };
+                let from = stream.finished.next_missing_after(after);
+                let last = match through {
+                    Some((split_epoch, split)) if split_epoch == epoch => {
+                        stream.committed().min(split)
+                    }
+                    _ => stream.committed(),
+                };
+                self.served_stream = Some(id);
+                (from <= last).then_some((id, epoch, from, last))
+            }
+            Lane::Live { epoch, after } => {
+                let stream = self.streams().find(|s| s.epoch == epoch)?;
+                let from = stream.finished.next_missing_after(after);
+                let last = stream.committed();
+                (from <= last).then_some((stream.id, epoch, from, last))
+            }
+        }
     }
 
     /// The unfinished runs of `stream` within `first..=last`.
@@ -1066,7 +1085,7 @@ mod tests {
         let mut s = state(RetainUntil::BrokerAck);
         append(&mut s, 1, 3, Kind::Readings);
         append(&mut s, 2, 3, Kind::Readings);
-        assert_eq!(s.pending_scan(0), Some((1, E1, 1)));
+        assert_eq!(s.pending_scan(Lane::backlog(0)), Some((1, E1, 1, 6)));
         s.on_served(1, 6);
         assert_eq!(s.broker_acked(E1, 1, 3), Some((1, 1, 3)));
         assert_eq!(
@@ -1074,8 +1093,8 @@ mod tests {
             None,
             "a duplicate acknowledgement is ignored"
         );
-        assert_eq!(s.pending_scan(0), Some((1, E1, 4)));
-        assert_eq!(s.pending_scan(6), None);
+        assert_eq!(s.pending_scan(Lane::backlog(0)), Some((1, E1, 4, 6)));
+        assert_eq!(s.pending_scan(Lane::backlog(6)), None);
         assert_eq!(s.current().finished_through(), 3);
         assert_eq!(s.current().backlog(), 3);
     }
@@ -1104,18 +1123,18 @@ mod tests {
             None,
         );
         append(&mut s, 3, 4, Kind::Readings);
-        assert_eq!(s.pending_scan(0), Some((1, E1, 1)));
+        assert_eq!(s.pending_scan(Lane::backlog(0)), Some((1, E1, 1, 10)));
         s.on_served(1, 10);
         assert_eq!(
-            s.pending_scan(10),
+            s.pending_scan(Lane::backlog(10)),
             None,
             "everything of the old stream is in flight"
         );
         assert_eq!(s.broker_acked(E1, 1, 5), Some((1, 1, 5)));
         assert_eq!(s.broker_acked(E1, 6, 5), Some((1, 6, 10)));
         assert_eq!(
-            s.pending_scan(10),
-            Some((2, E2, 1)),
+            s.pending_scan(Lane::backlog(10)),
+            Some((2, E2, 1, 4)),
             "`after` belonged to the old stream"
         );
         s.on_served(2, 4);
@@ -1125,6 +1144,80 @@ mod tests {
             "a late duplicate acknowledgement of the old stream never finishes the new one"
         );
         assert_eq!(s.broker_acked(E2, 1, 4), Some((2, 1, 4)));
+    }
+
+    #[test]
+    fn the_live_lane_reads_the_current_stream_while_the_backlog_drains_an_old_one() {
+        let mut s = State::new(
+            RetainUntil::BrokerAck,
+            Budget {
+                max_bytes: 10_000,
+                max_age_ms: 1_000,
+            },
+            loaded(2, E2, 1, &[]),
+            vec![loaded(1, E1, 11, &[(1, 5), (6, 10)])],
+            Totals::default(),
+            None,
+        );
+        append(&mut s, 3, 8, Kind::Readings);
+        let split = Some((E2, 5));
+        // The live lane reads the current stream above the split, whatever older streams hold
+        assert_eq!(
+            s.pending_scan(Lane::Live {
+                epoch: E2,
+                after: 5
+            }),
+            Some((2, E2, 6, 8))
+        );
+        // and does not disturb the backlog lane, which drains the old stream unbounded
+        assert_eq!(
+            s.pending_scan(Lane::Backlog {
+                after: 0,
+                through: split
+            }),
+            Some((1, E1, 1, 10))
+        );
+        s.on_served(1, 10);
+        s.on_served(2, 8);
+        assert_eq!(
+            s.pending_scan(Lane::Backlog {
+                after: 4,
+                through: split
+            }),
+            Some((1, E1, 5, 10)),
+            "the live lane left the backlog lane's stream alone"
+        );
+        assert_eq!(s.broker_acked(E1, 1, 10), Some((1, 1, 10)));
+        // Then the backlog lane reads the current stream up to the split only
+        assert_eq!(
+            s.pending_scan(Lane::Backlog {
+                after: 10,
+                through: split
+            }),
+            Some((2, E2, 1, 5))
+        );
+        assert_eq!(
+            s.pending_scan(Lane::Backlog {
+                after: 5,
+                through: split
+            }),
+            None,
+            "nothing left below the split"
+        );
+        assert_eq!(
+            s.pending_scan(Lane::Live {
+                epoch: E1,
+                after: 0
+            }),
+            None
+        );
+        assert_eq!(
+            s.pending_scan(Lane::Live {
+                epoch: Epoch(0x9999),
+                after: 0
+            }),
+            None
+        );
     }
 
     #[test]
@@ -1253,7 +1346,7 @@ mod tests {
         let mut s = state(RetainUntil::SinkAck);
         append(&mut s, 1, 5, Kind::Readings);
         append(&mut s, 2, 5, Kind::Readings);
-        assert!(s.pending_scan(0).is_some());
+        assert!(s.pending_scan(Lane::backlog(0)).is_some());
         s.on_served(1, 10);
         s.broker_acked(E1, 1, 5);
         s.broker_acked(E1, 6, 5);
@@ -1263,7 +1356,7 @@ mod tests {
         live.sink_seq = 3;
         s.reload(live, Vec::new(), s.totals(), None, false);
         assert_eq!(s.current().backlog(), 7);
-        assert_eq!(s.pending_scan(0), Some((1, E1, 4)));
+        assert_eq!(s.pending_scan(Lane::backlog(0)), Some((1, E1, 4, 10)));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use super::state::{
 };
 use crate::config::Synchronous;
 use crate::failpoints::{self, failpoint};
-use crate::outbox::{Limits, Outgoing, OutgoingGap};
+use crate::outbox::{Lane, Limits, Outgoing, OutgoingGap};
 
 /// Version of the schema this build writes; stored in `meta.schema_version`.
 pub(crate) const SCHEMA_VERSION: i64 = 1;
@@ -745,7 +745,7 @@ fn row_items(
 #[derive(Debug, Default)]
 pub(crate) struct Damaged(pub(crate) Vec<(i64, DecodeError)>);
 
-/// Builds the messages of `pending(after)`.
+/// Builds the messages of `pending(lane)`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn pending(
     conn: &Connection,
@@ -753,11 +753,11 @@ pub(crate) fn pending(
     names: &Names,
     gateway: &str,
     site: &str,
-    after: u64,
+    lane: Lane,
     limits: Limits,
     damaged: &mut Damaged,
 ) -> Result<Vec<Outgoing>> {
-    let Some((stream, epoch, from)) = state.pending_scan(after) else {
+    let Some((stream, epoch, from, through)) = state.pending_scan(lane) else {
         return Ok(Vec::new());
     };
     let mut builder = Builder::new(gateway, site, epoch, limits);
@@ -774,9 +774,12 @@ pub(crate) fn pending(
             seen += 1;
             let id: i64 = r.get(0)?;
             let (first, last) = seq_range(r.get(1)?, r.get(2)?)?;
+            if first > through {
+                break 'rows;
+            }
             let kind = Kind::from_code(r.get(3)?).ok_or(StoreError::Range("kind"))?;
             cursor = last.saturating_add(1);
-            let runs = state.unfinished_within(stream, first.max(from), last);
+            let runs = state.unfinished_within(stream, first.max(from), last.min(through));
             if runs.is_empty() {
                 continue;
             }

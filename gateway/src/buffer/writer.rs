@@ -20,7 +20,7 @@ use super::codec::{self, Interner, Names};
 use super::state::{Admit, FileUsage, GapDone, Kind, SinkAck, State};
 use super::store::{self, Damaged, NewRow, NewRows, StoreError};
 use super::{AppendError, Appended, Clock, Shared};
-use crate::outbox::{Limits, OutboxError, Outgoing, OutgoingGap};
+use crate::outbox::{Lane, Limits, OutboxError, Outgoing, OutgoingGap};
 use crate::poll::DeviceReadings;
 
 /// How often the writer does its housekeeping when idle.
@@ -57,7 +57,7 @@ type Reply<T> = oneshot::Sender<T>;
 #[derive(Debug)]
 pub(crate) enum Command {
     Append(Item, Reply<Result<Vec<Appended>, AppendError>>),
-    Pending(u64, Limits, Reply<Result<Vec<Outgoing>, OutboxError>>),
+    Pending(Lane, Limits, Reply<Result<Vec<Outgoing>, OutboxError>>),
     BrokerAcked(Epoch, u64, u32, Reply<Result<(), OutboxError>>),
     SinkAcked(Epoch, u64, Reply<Result<(), OutboxError>>),
     PendingGaps(Reply<Result<Vec<OutgoingGap>, OutboxError>>),
@@ -162,8 +162,8 @@ impl Writer {
                 let v = self.append(item);
                 self.answer(reply, v);
             }
-            Command::Pending(after, limits, reply) => {
-                let v = self.pending(after, limits);
+            Command::Pending(lane, limits, reply) => {
+                let v = self.pending(lane, limits);
                 self.answer(reply, v);
             }
             Command::BrokerAcked(epoch, first, count, reply) => {
@@ -379,7 +379,7 @@ impl Writer {
     // Publishing
     // --------------------------------------------------------------------------------------
 
-    fn pending(&mut self, after: u64, limits: Limits) -> Result<Vec<Outgoing>, OutboxError> {
+    fn pending(&mut self, lane: Lane, limits: Limits) -> Result<Vec<Outgoing>, OutboxError> {
         let mut damaged = Damaged::default();
         let out = store::pending(
             &self.conn,
@@ -387,7 +387,7 @@ impl Writer {
             &self.names,
             &self.gateway,
             &self.site,
-            after,
+            lane,
             limits,
             &mut damaged,
         )

@@ -6,7 +6,7 @@ use std::future::Future;
 
 use fivezero_model::topic::TopicKind;
 use fivezero_model::wire::{self, Epoch, MAX_BATCH_READINGS, Presence, SCHEMA_VERSION, Status};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
@@ -18,7 +18,7 @@ use super::window::{MessageRef, Slot, Window, WindowError};
 use super::{PublishError, PublishStats, PublisherConfig, RetainUntil};
 use crate::config::MqttProtocol;
 use crate::failpoints::{self, failpoint};
-use crate::outbox::{Limits, Outbox, OutboxError};
+use crate::outbox::{Lane, Limits, Outbox, OutboxError};
 use crate::poll::Backoff;
 
 /// Events buffered between the driver and the publisher.
@@ -81,13 +81,18 @@ struct Runner<'a, O> {
     limits: Limits,
     /// Largest packet the broker (MQTT 5) or rumqttc (3.1.1) takes, when known.
     packet_limit: Option<usize>,
+    /// The backlog lane may have messages to hand out.
     want_messages: bool,
+    /// The live lane may have messages to hand out.
+    want_live: bool,
     want_gaps: bool,
     /// In `sink_ack` mode: ask the outbox to hand out again what the broker acknowledged but
     /// the sink has not confirmed (after a reconnect, or when the sink's watermark stalls).
     want_replay: bool,
     retry_at: Option<Instant>,
     rewind_at: Option<Instant>,
+    /// The highest committed sequence of the current stream, where a live lane splits it.
+    tip: watch::Receiver<u64>,
     stop: Stop,
     fatal: Option<PublishError>,
     logs: Logs,
@@ -158,6 +163,7 @@ where
             changed = committed.changed(), if committed_open => match changed {
                 Ok(()) => {
                     runner.want_messages = true;
+                    runner.want_live = true;
                     runner.want_gaps = true;
                 }
                 Err(_) => committed_open = false,
@@ -210,10 +216,12 @@ impl<'a, O: Outbox> Runner<'a, O> {
             },
             packet_limit: None,
             want_messages: true,
+            want_live: false,
             want_gaps: true,
             want_replay: false,
             retry_at: None,
             rewind_at: None,
+            tip: outbox.committed(),
             stop: Stop::Running,
             fatal: None,
             logs: Logs::default(),
@@ -293,7 +301,7 @@ impl<'a, O: Outbox> Runner<'a, O> {
         }
         if self.connected
             && self.stop == Stop::Running
-            && self.want_messages
+            && (self.want_messages || self.want_live)
             && self.retry_at.is_none()
             && self.window.room() > 0
         {
@@ -346,9 +354,18 @@ impl<'a, O: Outbox> Runner<'a, O> {
 
     fn rewind(&mut self) {
         self.window.rewind();
+        self.split_at_tip();
         self.want_messages = true;
         self.want_gaps = true;
         self.want_replay = self.cfg.retain_until == RetainUntil::SinkAck;
+    }
+
+    /// Opens the live lane at the current stream's last commit: what is committed from now
+    /// on goes out at once, beside the replay of what was committed before.
+    fn split_at_tip(&mut self) {
+        let split = *self.tip.borrow_and_update();
+        self.window.open_live(self.outbox.epoch(), split);
+        self.want_live = true;
     }
 
     fn schedule_retry(&mut self, now: Instant) {
@@ -501,6 +518,7 @@ impl<'a, O: Outbox> Runner<'a, O> {
         if !self.publish_status(Presence::Online, now) {
             debug!("Birth message not sent.");
         }
+        self.split_at_tip();
         self.want_messages = true;
         self.want_gaps = true;
         self.want_replay = self.cfg.retain_until == RetainUntil::SinkAck;
@@ -730,10 +748,24 @@ impl<'a, O: Outbox> Runner<'a, O> {
                 return;
             }
         }
+        if self
+            .window
+            .live_epoch()
+            .is_some_and(|e| e != self.outbox.epoch())
+        {
+            // The stream rotated under the live lane: the backlog lane reads it whole.
+            self.window.close_live();
+        }
         if self.want_gaps && self.window.room() > 0 {
             self.fill_gaps(now).await;
         }
-        while self.want_messages && self.retry_at.is_none() && self.window.room() > 0 {
+        // The live lane goes first, so fresh readings never wait behind the replay.
+        while self.retry_at.is_none() && self.window.room() > 0 {
+            let lane = match self.window.live() {
+                Some(live) if self.want_live => live,
+                _ if self.want_messages => self.window.backlog(),
+                _ => break,
+            };
             let tokens = self.bucket.available(now);
             if tokens == 0 {
                 break;
@@ -742,7 +774,7 @@ impl<'a, O: Outbox> Runner<'a, O> {
                 .window
                 .room()
                 .min(usize::try_from(tokens).unwrap_or(usize::MAX));
-            if !self.fill_messages(n, now).await {
+            if !self.fill_messages(lane, n, now).await {
                 break;
             }
         }
@@ -777,14 +809,13 @@ impl<'a, O: Outbox> Runner<'a, O> {
         self.want_gaps = false;
     }
 
-    /// Publishes up to `n` messages; false when nothing more should be tried now.
-    async fn fill_messages(&mut self, n: usize, now: Instant) -> bool {
-        let after = self.window.cursor();
+    /// Publishes up to `n` messages of `lane`; false when nothing more should be tried now.
+    async fn fill_messages(&mut self, lane: Lane, n: usize, now: Instant) -> bool {
         let limits = Limits {
             messages: n,
             ..self.limits
         };
-        let batch = match self.outbox.pending(after, limits).await {
+        let batch = match self.outbox.pending(lane, limits).await {
             Ok(batch) => batch,
             Err(e) => {
                 self.outbox_failed("pending", e, now);
@@ -803,7 +834,7 @@ impl<'a, O: Outbox> Runner<'a, O> {
             };
             let Some(topic) = self.data_topic(m.kind) else {
                 warn!(kind = %m.kind, "Outbox returned a message of a kind that is not data; skipped.");
-                self.window.skip(slot.last_seq());
+                self.window.skip(&slot);
                 continue;
             };
             let size = m.payload.len() + self.client.overhead(topic.len());
@@ -821,7 +852,7 @@ impl<'a, O: Outbox> Runner<'a, O> {
                          (lower the readings per message or raise the broker's limit)."
                     );
                 }
-                self.window.skip(slot.last_seq());
+                self.window.skip(&slot);
                 continue;
             }
             if let Err(e) = self.client.publish(topic, m.payload, false) {
@@ -842,8 +873,20 @@ impl<'a, O: Outbox> Runner<'a, O> {
         }
         self.bucket.take(sent, now);
         if got < n {
-            self.want_messages = false;
-            return false;
+            match lane {
+                Lane::Live { .. } => self.want_live = false,
+                Lane::Backlog { .. } => {
+                    self.want_messages = false;
+                    if self.window.live().is_some() {
+                        // Nothing left below the split: one lane again, carrying on from
+                        // where the live lane stands.
+                        self.window.merge_live();
+                        self.want_messages = std::mem::take(&mut self.want_live);
+                    }
+                }
+            }
+            // The other lane may still have work.
+            return self.want_live || self.want_messages;
         }
         true
     }

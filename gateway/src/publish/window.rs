@@ -19,15 +19,20 @@
 //! # Invariants
 //!
 //! - At most [`Window::capacity`] publishes (W) are queued or in flight together.
-//! - [`Window::cursor`] is the `after` of the next `Outbox::pending` call: the last sequence
-//!   of the last message handed to the client since the last (re)connect or rewind (0 before
-//!   the first). It is not a maximum: when the outbox moves on to a newer stream (epoch), its
-//!   sequences start again from 1 and the cursor follows them. Gaps and status messages do
-//!   not move it.
-//! - On any disconnect everything queued or in flight is forgotten and the cursor goes back
-//!   to 0: after the reconnect, the outbox (the source of truth, B.6 item 1) is asked again
-//!   for everything not acknowledged, whether or not the broker kept a session. Duplicates
-//!   are expected; the sink deduplicates them.
+//! - [`Window::backlog`] is the backlog [`Lane`] of the next `Outbox::pending` call. Its
+//!   `after` is the last sequence of the last backlog message handed to the client since the
+//!   last (re)connect or rewind (0 before the first). It is not a maximum: when the outbox
+//!   moves on to a newer stream (epoch), its sequences start again from 1 and the cursor
+//!   follows them. Gaps and status messages do not move it.
+//! - A live lane ([`Window::open_live`]) splits one stream at a sequence: messages of that
+//!   stream above the split are live ([`Window::live`] reads them), the rest backlog. Which
+//!   lane a message belongs to follows from its epoch and sequences, so [`Window::send`]
+//!   needs no hint. When the backlog lane has nothing left below the split,
+//!   [`Window::merge_live`] hands its place to the backlog lane and closes the live one.
+//! - On any disconnect everything queued or in flight is forgotten, the live lane closed
+//!   and the cursor goes back to 0: after the reconnect, the outbox (the source of truth, B.6
+//!   item 1) is asked again for everything not acknowledged, whether or not the broker kept
+//!   a session. Duplicates are expected; the sink deduplicates them.
 //! - A PUBACK for a packet id not in the map (one from before a disconnect, or a publish
 //!   rumqttc sent on its own) acknowledges nothing.
 
@@ -36,6 +41,8 @@ use std::num::NonZeroU16;
 
 use fivezero_model::topic::TopicKind;
 use fivezero_model::wire::{Epoch, Presence};
+
+use crate::outbox::Lane;
 
 /// A batch or KPI message, as far as the window needs to know it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,6 +111,21 @@ pub enum WindowError {
     },
 }
 
+/// The live lane: the sequences of one stream above a split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Live {
+    epoch: Epoch,
+    split: u64,
+    /// The last sequence handed out on the lane (`split` at first).
+    cursor: u64,
+}
+
+impl Live {
+    fn holds(&self, m: &MessageRef) -> bool {
+        m.epoch == self.epoch && m.first_seq > self.split
+    }
+}
+
 /// The window of publishes between the outbox and the broker's PUBACKs.
 #[derive(Debug, Clone)]
 pub struct Window {
@@ -115,9 +137,12 @@ pub struct Window {
     queued: VecDeque<Slot>,
     /// Written with a packet id, waiting for its PUBACK.
     in_flight: BTreeMap<u16, Slot>,
-    /// `after` for the next `Outbox::pending`.
+    /// `after` for the next backlog `Outbox::pending`.
     cursor: u64,
-    /// The highest sequence ever handed to the client, across connections, with its epoch.
+    /// The live lane, when one is open.
+    live: Option<Live>,
+    /// The highest sequence ever handed to the client on the backlog lane, across
+    /// connections, with its epoch (the live lane's sequences are all above it).
     high_water: Option<(Epoch, u64)>,
     /// Gap ids queued or in flight (so a gap is not sent twice on one connection).
     gaps: BTreeSet<i64>,
@@ -134,6 +159,7 @@ impl Window {
             queued: VecDeque::new(),
             in_flight: BTreeMap::new(),
             cursor: 0,
+            live: None,
             high_water: None,
             gaps: BTreeSet::new(),
         }
@@ -163,13 +189,73 @@ impl Window {
         self.capacity.saturating_sub(self.len())
     }
 
-    /// `after` for the next `Outbox::pending` call.
+    /// The backlog lane's cursor: the last sequence handed out on it.
     #[must_use]
     pub const fn cursor(&self) -> u64 {
         self.cursor
     }
 
-    /// The highest sequence ever handed to the client, with its epoch.
+    /// The backlog lane for the next `Outbox::pending` call: after the cursor, up to the
+    /// live lane's split when one is open.
+    #[must_use]
+    pub fn backlog(&self) -> Lane {
+        Lane::Backlog {
+            after: self.cursor,
+            through: self.live.map(|l| (l.epoch, l.split)),
+        }
+    }
+
+    /// The live lane for the next `Outbox::pending` call, when one is open.
+    #[must_use]
+    pub fn live(&self) -> Option<Lane> {
+        self.live.map(|l| Lane::Live {
+            epoch: l.epoch,
+            after: l.cursor,
+        })
+    }
+
+    /// Opens a live lane for the stream of `epoch` above `split` (the sequence committed
+    /// when the backlog started to be read); a lane already open stays as it is.
+    pub fn open_live(&mut self, epoch: Epoch, split: u64) {
+        if self.live.is_none() {
+            self.live = Some(Live {
+                epoch,
+                split,
+                cursor: split,
+            });
+        }
+    }
+
+    /// The backlog lane has nothing left below the split: it carries on from where the live
+    /// lane stands, and the live lane closes. Nothing is skipped: what the live lane handed
+    /// out is finished or in flight.
+    pub fn merge_live(&mut self) {
+        if let Some(live) = self.live.take() {
+            self.cursor = live.cursor;
+            if live.cursor > live.split {
+                self.high_water = match self.high_water {
+                    Some((epoch, high)) if epoch == live.epoch => {
+                        Some((epoch, high.max(live.cursor)))
+                    }
+                    _ => Some((live.epoch, live.cursor)),
+                };
+            }
+        }
+    }
+
+    /// Closes the live lane without merging (its stream is no longer the current one): the
+    /// backlog lane reads that stream whole.
+    pub fn close_live(&mut self) {
+        self.live = None;
+    }
+
+    /// The epoch of the open live lane.
+    #[must_use]
+    pub fn live_epoch(&self) -> Option<Epoch> {
+        self.live.map(|l| l.epoch)
+    }
+
+    /// The highest sequence ever handed to the client on the backlog lane, with its epoch.
     #[must_use]
     pub const fn high_water(&self) -> Option<(Epoch, u64)> {
         self.high_water
@@ -196,14 +282,22 @@ impl Window {
         match slot {
             Slot::Message(m) => {
                 let last = m.last_seq();
-                match self.high_water {
-                    Some((epoch, high)) if epoch == m.epoch => {
-                        sent.republished = last <= high;
-                        self.high_water = Some((epoch, high.max(last)));
+                match &mut self.live {
+                    Some(live) if live.holds(&m) => {
+                        sent.republished = last <= live.cursor;
+                        live.cursor = live.cursor.max(last);
                     }
-                    _ => self.high_water = Some((m.epoch, last)),
+                    _ => {
+                        match self.high_water {
+                            Some((epoch, high)) if epoch == m.epoch => {
+                                sent.republished = last <= high;
+                                self.high_water = Some((epoch, high.max(last)));
+                            }
+                            _ => self.high_water = Some((m.epoch, last)),
+                        }
+                        self.cursor = last;
+                    }
                 }
-                self.cursor = last;
             }
             Slot::Gap(id) => {
                 self.gaps.insert(id);
@@ -245,14 +339,15 @@ impl Window {
         Some(slot)
     }
 
-    /// The connection dropped: forget everything queued or in flight and rewind the cursor.
-    /// Returns how many publishes were forgotten (they are sent again after the reconnect).
+    /// The connection dropped: forget everything queued or in flight, close the live lane
+    /// and rewind the cursor. Returns how many publishes were forgotten (they are sent again
+    /// after the reconnect).
     pub fn disconnected(&mut self) -> usize {
         let dropped = self.len();
         self.queued.clear();
         self.in_flight.clear();
         self.gaps.clear();
-        self.cursor = 0;
+        self.rewind();
         dropped
     }
 
@@ -270,16 +365,20 @@ impl Window {
             .max(1);
     }
 
-    /// Moves the cursor past a message that is not published (one the broker cannot take),
-    /// so the next `pending` call does not return it again; it stays in the outbox.
-    pub fn skip(&mut self, last_seq: u64) {
-        self.cursor = last_seq;
+    /// Moves its lane's cursor past a message that is not published (one the broker cannot
+    /// take), so the next `pending` call does not return it again; it stays in the outbox.
+    pub fn skip(&mut self, m: &MessageRef) {
+        match &mut self.live {
+            Some(live) if live.holds(m) => live.cursor = live.cursor.max(m.last_seq()),
+            _ => self.cursor = m.last_seq(),
+        }
     }
 
-    /// Ask the outbox again from the start: the next `pending` call uses `after = 0`.
-    /// Publishes in flight stay in flight.
+    /// Ask the outbox again from the start: the live lane closes and the next `pending` call
+    /// reads the backlog with `after = 0`. Publishes in flight stay in flight.
     pub fn rewind(&mut self) {
         self.cursor = 0;
+        self.live = None;
     }
 }
 
@@ -409,9 +508,138 @@ mod tests {
     #[test]
     fn a_skipped_message_moves_the_cursor_without_taking_room() {
         let mut win = w(1);
-        win.skip(40);
+        win.skip(&msg_ref(E1, 31, 10));
         assert_eq!(win.cursor(), 40);
         assert_eq!(win.room(), 1);
+    }
+
+    fn msg_ref(epoch: Epoch, first_seq: u64, count: u32) -> MessageRef {
+        MessageRef {
+            kind: TopicKind::Batches,
+            epoch,
+            first_seq,
+            count,
+        }
+    }
+
+    #[test]
+    fn a_live_lane_reads_above_the_split_while_the_backlog_reads_below_it() {
+        // Given a backlog of 1,000 sequences when the connection came back
+        let mut win = w(8);
+        win.open_live(E1, 1000);
+        assert_eq!(
+            win.backlog(),
+            Lane::Backlog {
+                after: 0,
+                through: Some((E1, 1000))
+            }
+        );
+        assert_eq!(
+            win.live(),
+            Some(Lane::Live {
+                epoch: E1,
+                after: 1000
+            })
+        );
+        // When fresh commits and the replay go out interleaved
+        let live = win.send(msg(1001, 10)).unwrap();
+        let replay = win.send(msg(1, 100)).unwrap();
+        win.send(msg(1011, 10)).unwrap();
+        win.send(msg(101, 100)).unwrap();
+        // Then each lane has its own cursor, and neither counts as a republication
+        assert!(!live.republished && !replay.republished);
+        assert_eq!(
+            win.live(),
+            Some(Lane::Live {
+                epoch: E1,
+                after: 1020
+            })
+        );
+        assert_eq!(win.cursor(), 200);
+        assert_eq!(
+            win.high_water(),
+            Some((E1, 200)),
+            "the live lane is not counted"
+        );
+        // And a second open does not move the split
+        win.open_live(E1, 5000);
+        assert_eq!(
+            win.backlog(),
+            Lane::Backlog {
+                after: 200,
+                through: Some((E1, 1000))
+            }
+        );
+    }
+
+    #[test]
+    fn merging_hands_the_live_lanes_place_to_the_backlog() {
+        let mut win = w(8);
+        win.open_live(E1, 1000);
+        win.send(msg(1001, 10)).unwrap();
+        win.send(msg(991, 10)).unwrap();
+        win.merge_live();
+        assert_eq!(win.live(), None);
+        assert_eq!(win.backlog(), Lane::backlog(1010));
+        assert_eq!(win.high_water(), Some((E1, 1010)));
+        // What the live lane sent is a republication when it comes again
+        assert!(win.send(msg(1001, 10)).unwrap().republished);
+        assert!(!win.send(msg(1011, 10)).unwrap().republished);
+    }
+
+    #[test]
+    fn merging_an_unused_live_lane_keeps_the_backlogs_place() {
+        let mut win = w(8);
+        win.open_live(E1, 1000);
+        win.send(msg(1, 1000)).unwrap();
+        win.merge_live();
+        assert_eq!(win.backlog(), Lane::backlog(1000));
+        assert_eq!(win.high_water(), Some((E1, 1000)));
+    }
+
+    #[test]
+    fn the_live_lane_only_holds_its_own_stream() {
+        // An old stream's sequences above the split are backlog, not live
+        let mut win = w(8);
+        win.open_live(E2, 50);
+        win.send(msg_of(E1, 51, 100)).unwrap();
+        assert_eq!(win.cursor(), 150);
+        assert_eq!(
+            win.live(),
+            Some(Lane::Live {
+                epoch: E2,
+                after: 50
+            })
+        );
+        win.skip(&msg_ref(E2, 51, 5));
+        assert_eq!(
+            win.live(),
+            Some(Lane::Live {
+                epoch: E2,
+                after: 55
+            })
+        );
+        assert_eq!(
+            win.cursor(),
+            150,
+            "skipping a live message leaves the backlog alone"
+        );
+        win.close_live();
+        assert_eq!(win.backlog(), Lane::backlog(150));
+    }
+
+    #[test]
+    fn a_disconnect_or_a_rewind_closes_the_live_lane() {
+        let mut win = w(8);
+        win.open_live(E1, 10);
+        win.send(msg(11, 5)).unwrap();
+        win.disconnected();
+        assert_eq!(win.live(), None);
+        assert_eq!(win.backlog(), Lane::backlog(0));
+        win.open_live(E1, 20);
+        win.rewind();
+        assert_eq!(win.live(), None);
+        assert_eq!(win.live_epoch(), None);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fivezero_gateway::config::MqttUrl;
-use fivezero_gateway::outbox::{Limits, Outbox, OutboxError, Outgoing, OutgoingGap};
+use fivezero_gateway::outbox::{Lane, Limits, Outbox, OutboxError, Outgoing, OutgoingGap};
 use fivezero_model::topic::TopicKind;
 use fivezero_model::wire::{
     self, Batch, BufferState, Epoch, Quality, Reading, SCHEMA_VERSION, Value,
@@ -87,6 +87,7 @@ struct Inner {
     sink_acks: Vec<(Epoch, u64)>,
     gaps: Vec<(OutgoingGap, bool)>,
     limits_seen: Vec<Limits>,
+    lanes_seen: Vec<Lane>,
     pending_calls: usize,
 }
 
@@ -114,6 +115,7 @@ impl MemoryOutbox {
                 sink_acks: Vec::new(),
                 gaps: Vec::new(),
                 limits_seen: Vec::new(),
+                lanes_seen: Vec::new(),
                 pending_calls: 0,
             })),
             committed: Arc::new(watch::channel(0).0),
@@ -231,18 +233,34 @@ impl MemoryOutbox {
     pub fn limits_seen(&self) -> Vec<Limits> {
         self.lock().limits_seen.clone()
     }
+
+    /// The lane of every `pending` call.
+    pub fn lanes_seen(&self) -> Vec<Lane> {
+        self.lock().lanes_seen.clone()
+    }
 }
 
 impl Outbox for MemoryOutbox {
-    async fn pending(&self, after: u64, limits: Limits) -> Result<Vec<Outgoing>, OutboxError> {
+    async fn pending(&self, lane: Lane, limits: Limits) -> Result<Vec<Outgoing>, OutboxError> {
         let mut inner = self.lock();
         inner.pending_calls += 1;
         inner.limits_seen.push(limits);
+        inner.lanes_seen.push(lane);
         let (mode, sink_seq) = (inner.mode, inner.sink_seq);
+        // One stream, whose messages are never split: the split is a message's last sequence.
+        let (after, through) = match lane {
+            Lane::Backlog { after, through } => (
+                after,
+                through.filter(|(e, _)| *e == self.epoch).map(|(_, t)| t),
+            ),
+            Lane::Live { epoch, after } if epoch == self.epoch => (after, None),
+            Lane::Live { .. } => return Ok(Vec::new()),
+        };
         Ok(inner
             .messages
             .iter()
             .filter(|m| m.out.first_seq > after)
+            .filter(|m| through.is_none_or(|t| m.out.last_seq() <= t))
             .filter(|m| match mode {
                 Mode::BrokerAck => !m.broker_acked,
                 Mode::SinkAck => m.out.last_seq() > sink_seq,
