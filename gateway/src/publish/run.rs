@@ -85,6 +85,8 @@ struct Runner<'a, O> {
     want_messages: bool,
     /// The live lane may have messages to hand out.
     want_live: bool,
+    /// The sink's watermark as last received, with its epoch.
+    sink_watermark: Option<(Epoch, u64)>,
     want_gaps: bool,
     /// In `sink_ack` mode: ask the outbox to hand out again what the broker acknowledged but
     /// the sink has not confirmed (after a reconnect, or when the sink's watermark stalls).
@@ -217,6 +219,7 @@ impl<'a, O: Outbox> Runner<'a, O> {
             packet_limit: None,
             want_messages: true,
             want_live: false,
+            sink_watermark: None,
             want_gaps: true,
             want_replay: false,
             retry_at: None,
@@ -301,7 +304,7 @@ impl<'a, O: Outbox> Runner<'a, O> {
         }
         if self.connected
             && self.stop == Stop::Running
-            && (self.want_messages || self.want_live)
+            && self.wants_messages()
             && self.retry_at.is_none()
             && self.window.room() > 0
         {
@@ -358,6 +361,34 @@ impl<'a, O: Outbox> Runner<'a, O> {
         self.want_messages = true;
         self.want_gaps = true;
         self.want_replay = self.cfg.retain_until == RetainUntil::SinkAck;
+    }
+
+    /// True when a lane has messages to hand out now.
+    fn wants_messages(&self) -> bool {
+        (self.want_live && self.window.live().is_some())
+            || (self.want_messages && !self.backlog_paused())
+    }
+
+    /// Sequences the backlog lane may run ahead of the sink's watermark: a full window of
+    /// full messages.
+    fn replay_ahead(&self) -> u64 {
+        u64::try_from(self.limits.messages).unwrap_or(u64::MAX)
+            * u64::from(self.limits.items_per_message)
+    }
+
+    /// In `sink_ack` mode, while a live lane is open, the replay is paced by the sink: the
+    /// backlog lane waits while it is more than [`Runner::replay_ahead`] sequences past the
+    /// sink's watermark, so the broker never queues more replay in front of the live lane's
+    /// messages than the sink takes in a moment (without it, after an hour's outage a fresh
+    /// reading would wait behind minutes of backlog in the broker's queue to the sink). A
+    /// watermark stuck at a message the broker lost holds the replay until the stall watch
+    /// republishes from it; the live lane goes on meanwhile. Without a watermark seen yet (no
+    /// sink, or the ack topic refused) it does not wait.
+    fn backlog_paused(&self) -> bool {
+        self.cfg.retain_until == RetainUntil::SinkAck
+            && self
+                .window
+                .replay_paused(self.sink_watermark, self.replay_ahead())
     }
 
     /// Opens the live lane at the current stream's last commit: what is committed from now
@@ -680,6 +711,12 @@ impl<'a, O: Outbox> Runner<'a, O> {
         self.stats.sink_ack(current);
         if let Some(seq) = current {
             debug!(seq, "Sink watermark received.");
+            let epoch = self.outbox.epoch();
+            let high = match self.sink_watermark {
+                Some((e, w)) if e == epoch => w.max(seq),
+                _ => seq,
+            };
+            self.sink_watermark = Some((epoch, high));
             self.stall_for_current_epoch().sink_acked(seq, now);
         }
     }
@@ -763,7 +800,7 @@ impl<'a, O: Outbox> Runner<'a, O> {
         while self.retry_at.is_none() && self.window.room() > 0 {
             let lane = match self.window.live() {
                 Some(live) if self.want_live => live,
-                _ if self.want_messages => self.window.backlog(),
+                _ if self.want_messages && !self.backlog_paused() => self.window.backlog(),
                 _ => break,
             };
             let tokens = self.bucket.available(now);
@@ -886,7 +923,7 @@ impl<'a, O: Outbox> Runner<'a, O> {
                 }
             }
             // The other lane may still have work.
-            return self.want_live || self.want_messages;
+            return self.wants_messages();
         }
         true
     }

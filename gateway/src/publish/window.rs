@@ -249,6 +249,21 @@ impl Window {
         self.live = None;
     }
 
+    /// True when the backlog lane should wait for the sink: a live lane is open, and the
+    /// backlog lane's last message, in the live lane's stream, lies more than `ahead`
+    /// sequences past `sink`, the sink's watermark of that stream. False without a
+    /// watermark, in another stream, or with no live lane (once the lanes merge, new
+    /// commits go out whatever the sink does).
+    #[must_use]
+    pub fn replay_paused(&self, sink: Option<(Epoch, u64)>, ahead: u64) -> bool {
+        let (Some(live), Some((sink_epoch, sink)), Some((epoch, _))) =
+            (self.live, sink, self.high_water)
+        else {
+            return false;
+        };
+        sink_epoch == live.epoch && epoch == live.epoch && self.cursor > sink.saturating_add(ahead)
+    }
+
     /// The epoch of the open live lane.
     #[must_use]
     pub fn live_epoch(&self) -> Option<Epoch> {
@@ -626,6 +641,33 @@ mod tests {
         );
         win.close_live();
         assert_eq!(win.backlog(), Lane::backlog(150));
+    }
+
+    #[test]
+    fn the_replay_waits_while_it_runs_too_far_ahead_of_the_sink() {
+        let mut win = w(8);
+        win.open_live(E1, 1000);
+        win.send(msg(1, 100)).unwrap();
+        let sink = |seq| Some((E1, seq));
+        // 100 handed out, the sink at 0: within 100 ahead, not beyond 99
+        assert!(!win.replay_paused(sink(0), 100));
+        assert!(win.replay_paused(sink(0), 99));
+        // The sink catching up releases it
+        assert!(!win.replay_paused(sink(1), 99));
+        // No watermark seen, or one of another stream: no pacing
+        assert!(!win.replay_paused(None, 0));
+        assert!(!win.replay_paused(Some((E2, 0)), 0));
+        // Once the lanes merge, nothing waits for the sink
+        win.merge_live();
+        assert!(!win.replay_paused(sink(0), 0));
+    }
+
+    #[test]
+    fn the_replay_of_an_old_stream_is_not_paced_by_the_current_ones_watermark() {
+        let mut win = w(8);
+        win.open_live(E2, 10);
+        win.send(msg_of(E1, 1, 500)).unwrap();
+        assert!(!win.replay_paused(Some((E2, 0)), 0));
     }
 
     #[test]

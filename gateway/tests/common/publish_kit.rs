@@ -234,6 +234,11 @@ impl MemoryOutbox {
         self.lock().limits_seen.clone()
     }
 
+    /// `pending` calls so far.
+    pub fn pending_calls(&self) -> usize {
+        self.lock().pending_calls
+    }
+
     /// The lane of every `pending` call.
     pub fn lanes_seen(&self) -> Vec<Lane> {
         self.lock().lanes_seen.clone()
