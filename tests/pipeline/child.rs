@@ -155,6 +155,11 @@ impl Child {
         }
     }
 
+    /// One look: the first whole line this child has written containing `needle`, if any.
+    pub(crate) fn find_stderr_line(&self, needle: &str) -> Option<String> {
+        find_line(&self.log, self.log_start, needle)
+    }
+
     /// Sends SIGTERM (a clean stop) without waiting for the child to end.
     pub(crate) fn signal_term(&self) {
         let Some(p) = self.process.as_ref() else {

@@ -14,7 +14,13 @@
 //! a child process (`child.rs`); the broker must then outlive the sink: an embedded broker
 //! started by the test process, or the machine's Mosquitto (`FIVEZERO_TEST_MQTT`). Every run
 //! has its own gateway id, sink client id and topic prefix, so runs on a shared broker never
-//! mix.
+//! mix. [`Broker::Private`] is a Mosquitto of the run's own, with persistence, that a scenario
+//! stops (SIGTERM), kills (SIGKILL) and starts again on the same port.
+//!
+//! The report also holds the second, gateway-independent count of §B.8 ([`PollCount`]): per
+//! device, the Modbus requests the simulator answered against the requests of the poll cycles
+//! the sink holds. Every answered poll must be committed, except the polls in flight at each
+//! kill of the gateway and at its final stop.
 
 #![allow(dead_code)] // Each scenario uses its own part.
 
@@ -23,19 +29,27 @@ pub(crate) mod mqtt;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fivezero_gateway::buffer::{Buffer, BufferOptions};
-use fivezero_gateway::config::Config;
-use fivezero_model::wire::{Quality, Value};
+use fivezero_gateway::config::{Config, DeviceConfig};
+use fivezero_model::wire::{Quality, Reading, Value};
+use fivezero_profiles::Profile;
+use fivezero_profiles::plan::{self, ReadRequest};
+use fivezero_sim::fault::Fault;
 use fivezero_sim::plant::Plant;
 use fivezero_sim::scenario::Scenario;
-use fivezero_sim::server::{DeviceSnapshot, Options, ServedValue, Simulator, SimulatorHandle};
+use fivezero_sim::server::{
+    DeviceSnapshot, Options, ServedValue, Simulator, SimulatorHandle, UnknownDevice,
+};
 use fivezero_sink::broker::{EmbeddedBroker, EmbeddedSettings};
 use fivezero_sink::stats::SinkStats;
 use fivezero_sink::store::postgres::PgStore;
-use fivezero_sink::store::{self, AnyStore, ReadingsQuery, Store as _, StoredReading};
+use fivezero_sink::store::{self, AnyStore, ReadingsQuery, Store as _, StoredGap, StoredReading};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -139,6 +153,12 @@ pub(crate) enum Broker {
         /// Port.
         port: u16,
     },
+    /// A Mosquitto of the run's own ([`MOSQUITTO`]) on a free port, with `persistence true`
+    /// in the run's scratch folder (see [`Mosquitto`]); the sink reaches it as a client, the
+    /// gateway through the gate. [`Pipeline::stop_broker`], [`Pipeline::kill_broker`] and
+    /// [`Pipeline::start_broker`] restart it on the same port with the same persistence file.
+    /// A scenario checks [`Mosquitto::available`] first.
+    Private,
 }
 
 /// How a scenario's pipeline is built.
@@ -167,6 +187,11 @@ pub(crate) struct Setup {
     /// Variables added to a gateway child's environment (`FIVEZERO_FAILPOINTS`, …);
     /// [`Pipeline::set_gateway_env`] changes them for the next start.
     pub(crate) gateway_env: Vec<(String, String)>,
+    /// Check the simulator's count of answered requests against the committed polls
+    /// ([`PollCount`]) in [`Report::assert_pass`] (the default). Devices a Modbus fault was
+    /// put on through [`Pipeline::sim`] are left out in any case; false leaves out every
+    /// device (the figures are still reported).
+    pub(crate) count_polls: bool,
 }
 
 impl Setup {
@@ -183,7 +208,44 @@ impl Setup {
             budget: None,
             metrics: false,
             gateway_env: Vec::new(),
+            count_polls: true,
         }
+    }
+}
+
+/// The simulator's handle, remembering every device a scenario put a Modbus fault on (the
+/// count of answered polls is not checked for those: a faulty reply may be retried, or
+/// answered and refused). Everything else of [`SimulatorHandle`] is reached through `Deref`.
+#[derive(Debug)]
+pub(crate) struct Sim {
+    handle: SimulatorHandle,
+    faulted: Mutex<BTreeSet<String>>,
+}
+
+impl Sim {
+    /// [`SimulatorHandle::set_fault`], remembering `device` as faulted for the rest of the run.
+    pub(crate) fn set_fault(&self, device: &str, fault: Fault) -> Result<(), UnknownDevice> {
+        self.faulted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(device.to_owned());
+        self.handle.set_fault(device, fault)
+    }
+
+    /// The devices a fault was put on so far.
+    pub(crate) fn faulted(&self) -> BTreeSet<String> {
+        self.faulted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+impl Deref for Sim {
+    type Target = SimulatorHandle;
+
+    fn deref(&self) -> &SimulatorHandle {
+        &self.handle
     }
 }
 
@@ -219,7 +281,7 @@ struct Postgres {
 pub(crate) struct Pipeline {
     pub(crate) name: String,
     dir: PathBuf,
-    pub(crate) sim: SimulatorHandle,
+    pub(crate) sim: Sim,
     /// The gate between the gateway and the broker.
     pub(crate) gate: Gate,
     /// Where the broker listens: host and port.
@@ -227,6 +289,8 @@ pub(crate) struct Pipeline {
     /// The topic prefix of this run.
     pub(crate) prefix: String,
     test_broker: Option<EmbeddedBroker>,
+    /// The run's own Mosquitto ([`Broker::Private`]).
+    mosquitto: Option<Mosquitto>,
     setup: Setup,
     sink_text: String,
     sink_file: PathBuf,
@@ -245,6 +309,16 @@ pub(crate) struct Pipeline {
     metrics: Option<SocketAddr>,
     /// `PRAGMA integrity_check` of the gateway's buffer after each kill.
     crash_integrity: Vec<String>,
+    /// Kills of the gateway ([`Pipeline::kill_gateway`]).
+    gateway_kills: u64,
+    /// The simulator's counts per device before the last look at the gateway child's stderr
+    /// that did not find the line looked for (or at the child's start).
+    before_last_look: BTreeMap<String, u64>,
+    /// Once the line is found: those counts, from before the line was written.
+    halted_since: Option<BTreeMap<String, u64>>,
+    /// Per device, requests answered from (at the latest) the writing of a failpoint's
+    /// marker to the kill, over every kill.
+    halted_requests: BTreeMap<String, u64>,
 }
 
 /// Per-stream counts of the oracle.
@@ -264,6 +338,12 @@ pub(crate) struct Report {
     pub(crate) conflicting_duplicates: u64,
     pub(crate) epochs: usize,
     pub(crate) integrity: Vec<String>,
+    /// Kills of the gateway in the run: each may leave one poll per device answered but not
+    /// committed, and so may the final stop.
+    pub(crate) gateway_kills: u64,
+    /// Per device polled: the simulator's count of answered requests against the committed
+    /// polls.
+    pub(crate) polls: Vec<PollCount>,
 }
 
 impl Pipeline {
@@ -297,9 +377,14 @@ impl Pipeline {
         )
         .await
         .expect("the simulator starts");
+        let sim = Sim {
+            handle: sim,
+            faulted: Mutex::default(),
+        };
 
         // The broker.
         let mut test_broker = None;
+        let mut mosquitto = None;
         let (broker, sink_broker) = match &setup.broker {
             Broker::SinkEmbedded => {
                 let a = free_addr();
@@ -327,6 +412,15 @@ impl Pipeline {
                 (host.clone(), *port),
                 format!("broker = \"mqtt://{host}:{port}\""),
             ),
+            Broker::Private => {
+                let m = Mosquitto::start(&dir.join("mosquitto")).await;
+                let port = m.port;
+                mosquitto = Some(m);
+                (
+                    ("127.0.0.1".to_owned(), port),
+                    format!("broker = \"mqtt://127.0.0.1:{port}\""),
+                )
+            }
         };
 
         // The store.
@@ -421,6 +515,7 @@ impl Pipeline {
             broker,
             prefix,
             test_broker,
+            mosquitto,
             devices: setup.devices.clone(),
             setup,
             sink_text,
@@ -436,6 +531,10 @@ impl Pipeline {
             config,
             metrics,
             crash_integrity: Vec::new(),
+            gateway_kills: 0,
+            before_last_look: BTreeMap::new(),
+            halted_since: None,
+            halted_requests: BTreeMap::new(),
         };
         // The sink subscribes before the gateway publishes anything.
         p.start_sink().await;
@@ -469,6 +568,8 @@ impl Pipeline {
             matches!(self.gateway, GatewayRun::Stopped),
             "the gateway is already running"
         );
+        self.before_last_look = answered_requests(&self.sim, &self.config.devices);
+        self.halted_since = None;
         self.gateway = match self.setup.gateway {
             Place::InProcess => {
                 let (stop, stopped) = oneshot::channel::<()>();
@@ -503,14 +604,39 @@ impl Pipeline {
 
     /// Waits until the gateway child running now writes a whole stderr line containing
     /// `needle` and returns it; an error when it ends first or `limit` passes.
+    ///
+    /// The line is looked for every 10 ms, and the simulator's counts are taken before each
+    /// look: when it is found, the counts taken before the last look that did not find it
+    /// are from before the line was written. For a failpoint's marker these bound what the
+    /// gateway polled while the point held it (its poller runs on): the next
+    /// [`Pipeline::kill_gateway`] adds that to the polls allowed in flight.
     pub(crate) async fn gateway_stderr_line(
         &mut self,
         needle: &str,
         limit: Duration,
     ) -> Result<String, String> {
-        match &mut self.gateway {
-            GatewayRun::Child(c) => c.stderr_line(needle, limit).await,
-            _ => panic!("only a gateway child's stderr can be watched"),
+        let GatewayRun::Child(c) = &mut self.gateway else {
+            panic!("only a gateway child's stderr can be watched");
+        };
+        let deadline = Instant::now() + limit;
+        loop {
+            let counts = answered_requests(&self.sim, &self.config.devices);
+            if let Some(line) = c.find_stderr_line(needle) {
+                self.halted_since = Some(self.before_last_look.clone());
+                return Ok(line);
+            }
+            self.before_last_look = counts;
+            if let Some(status) = c.exited() {
+                return Err(format!(
+                    "the gateway child ended ({status}) without writing {needle:?}"
+                ));
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "the gateway child wrote no {needle:?} within {limit:?}"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
@@ -538,6 +664,14 @@ impl Pipeline {
         match std::mem::replace(&mut self.gateway, GatewayRun::Stopped) {
             GatewayRun::Child(c) => c.kill(),
             _ => panic!("only a gateway child can be killed"),
+        }
+        self.gateway_kills += 1;
+        if let Some(since) = self.halted_since.take() {
+            let now = answered_requests(&self.sim, &self.config.devices);
+            for (device, n) in now {
+                let before = since.get(&device).copied().unwrap_or(0);
+                *self.halted_requests.entry(device).or_default() += n.saturating_sub(before);
+            }
         }
         let path = self
             .config
@@ -568,6 +702,11 @@ impl Pipeline {
             "the sink is already running"
         );
         self.sink_incarnations += 1;
+        // An in-process sink's counters run on over its incarnations; a child's start at 0.
+        let connected_before = match self.setup.sink {
+            Place::InProcess => SinkCounts::of(&self.sink_stats).connections,
+            Place::Child => 0,
+        };
         match self.setup.sink {
             Place::InProcess => {
                 let config = fivezero_sink::config::Config::from_text(
@@ -603,7 +742,7 @@ impl Pipeline {
             accepting(SocketAddr::from(([127, 0, 0, 1], self.broker.1))).await;
         }
         let deadline = Instant::now() + Duration::from_secs(30);
-        while self.current_sink_counts().connections == 0 {
+        while self.current_sink_counts().connections <= connected_before {
             if let SinkRun::Child { child, .. } = &mut self.sink {
                 assert!(
                     child.exited().is_none(),
@@ -614,6 +753,30 @@ impl Pipeline {
             }
             assert!(Instant::now() < deadline, "the sink did not connect");
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops the sink cleanly (a child with SIGTERM) and waits until it has ended; its
+    /// persistent session stays on the broker.
+    pub(crate) async fn stop_sink(&mut self) {
+        match std::mem::replace(&mut self.sink, SinkRun::Stopped) {
+            SinkRun::Stopped => {}
+            SinkRun::InProcess { stop, task } => {
+                let _ = stop.send(());
+                tokio::time::timeout(LIMIT, task)
+                    .await
+                    .expect("the sink stops")
+                    .expect("no panic")
+                    .unwrap_or_else(|e| panic!("{}: the sink failed: {e}", self.name));
+            }
+            SinkRun::Child { child, .. } => {
+                let status = child.terminate().await;
+                assert!(
+                    status.success(),
+                    "{}: the sink child exits 0 on SIGTERM: {status:?}",
+                    self.name
+                );
+            }
         }
     }
 
@@ -652,6 +815,40 @@ impl Pipeline {
         })
         .await
         .expect("the kill does not panic")
+    }
+
+    /// The run's own Mosquitto ([`Broker::Private`]).
+    fn mosquitto(&mut self) -> &mut Mosquitto {
+        self.mosquitto
+            .as_mut()
+            .expect("the run's own Mosquitto (Broker::Private)")
+    }
+
+    /// Stops the run's own Mosquitto with SIGTERM (it saves its persistence file on the way
+    /// out) and waits until it has exited.
+    pub(crate) async fn stop_broker(&mut self) {
+        let name = self.name.clone();
+        let status = self.mosquitto().stop().await;
+        assert!(
+            status.success(),
+            "{name}: Mosquitto exits 0 on SIGTERM: {status:?}"
+        );
+    }
+
+    /// Kills the run's own Mosquitto with SIGKILL: nothing is saved since its last autosave.
+    pub(crate) fn kill_broker(&mut self) {
+        self.mosquitto().kill();
+    }
+
+    /// Starts the run's own Mosquitto again on the same port with the same persistence file,
+    /// and waits until it accepts connections.
+    pub(crate) async fn start_broker(&mut self) {
+        self.mosquitto().spawn().await;
+    }
+
+    /// The size of the run's own Mosquitto's persistence file (0 while it has none).
+    pub(crate) fn broker_persisted_bytes(&mut self) -> u64 {
+        std::fs::metadata(self.mosquitto().persistence_file()).map_or(0, |m| m.len())
     }
 
     /// The counters of the sink running now.
@@ -872,6 +1069,9 @@ impl Pipeline {
         let sink = self.sink_counts();
         report.transport_duplicates = sink.duplicate_items;
         report.conflicting_duplicates = sink.conflicting.max(quarantined);
+        report.gateway_kills = self.gateway_kills;
+        let unstored = report.declared_gaps - report.overlap;
+        report.polls = self.poll_counts(&rows, &gaps, &epoch, unstored);
         drop(store);
 
         match std::mem::replace(&mut self.sink, SinkRun::Stopped) {
@@ -902,9 +1102,62 @@ impl Pipeline {
         report
     }
 
-    /// Clears the retained topics a run leaves on a shared broker, drops the PostgreSQL
-    /// schema and removes the scratch folder.
+    /// The [`PollCount`] of every device polled, from the readings stored in `epoch` and the
+    /// gaps declared in it, `unstored` of whose sequences hold no stored reading. Call once
+    /// the gateway has stopped: the simulator's counts are then final.
+    fn poll_counts(
+        &self,
+        rows: &[StoredReading],
+        gaps: &[StoredGap],
+        epoch: &str,
+        unstored: u64,
+    ) -> Vec<PollCount> {
+        let mut ordered: Vec<&StoredReading> = rows.iter().filter(|r| r.epoch == epoch).collect();
+        ordered.sort_by_key(|r| r.seq);
+        ordered.dedup_by_key(|r| r.seq);
+        let hidden = Hidden {
+            seqs: unstored,
+            ranges: gaps.iter().filter(|g| g.epoch == epoch).count() as u64,
+        };
+        let faulted = self.sim.faulted();
+        self.config
+            .devices
+            .iter()
+            .map(|d| {
+                let readings: Vec<&Reading> = ordered
+                    .iter()
+                    .filter(|r| r.reading.device == *d.name)
+                    .map(|r| &r.reading)
+                    .collect();
+                let skipped = if faulted.contains(&*d.name) {
+                    Some("Modbus faults injected")
+                } else if !self.setup.count_polls {
+                    Some("the scenario opted out")
+                } else {
+                    None
+                };
+                let answered = self
+                    .sim
+                    .served_requests(&d.name)
+                    .expect("a device of the scenario");
+                PollCount {
+                    device: d.name.to_string(),
+                    answered_requests: answered,
+                    allowance: self.gateway_kills + 1,
+                    halted_requests: self.halted_requests.get(&*d.name).copied().unwrap_or(0),
+                    skipped,
+                    ..PollCount::committed(&d.profile, d.interval, &readings, hidden)
+                }
+            })
+            .collect()
+    }
+
+    /// Clears the retained topics a run leaves on a shared broker, stops the run's own
+    /// Mosquitto, drops the PostgreSQL schema and removes the scratch folder.
     async fn clean_up(&mut self) {
+        if let Some(mut m) = self.mosquitto.take() {
+            m.kill();
+        }
         if let Broker::Shared { host, port } = &self.setup.broker {
             let client = mqtt::Client::connect(host, *port).await;
             let topics = self.topics();
@@ -994,7 +1247,9 @@ fn served_equals(snapshot: &DeviceSnapshot, r: &fivezero_model::wire::Reading) -
 
 impl Report {
     /// Asserts the contract: nothing missing, spurious, corrupted, stored twice or
-    /// conflicting; one epoch; every sequence stored or declared; every database sound.
+    /// conflicting; one epoch; every sequence stored or declared; every database sound; and,
+    /// for each device without faults, every poll the simulator answered committed but the
+    /// polls in flight at the kills and the stop ([`PollCount::assert_pass`]).
     pub(crate) fn assert_pass(&self, name: &str) {
         println!("{name}: {self:?}");
         assert!(self.committed > 0, "{name}: nothing committed");
@@ -1017,5 +1272,634 @@ impl Report {
             "{name}: integrity {:?}",
             self.integrity
         );
+        for c in &self.polls {
+            c.assert_pass(name);
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// The run's own Mosquitto
+// ------------------------------------------------------------------------------------------
+
+/// Where Debian's Mosquitto package installs the broker.
+pub(crate) const MOSQUITTO: &str = "/usr/sbin/mosquitto";
+
+/// Seconds between the saves of the run's own Mosquitto's in-memory state to its persistence
+/// file: after a SIGKILL the file is up to this old.
+const AUTOSAVE_S: u32 = 5;
+
+/// The Mosquitto of [`Broker::Private`]: on a free port of 127.0.0.1, `persistence true`
+/// with its file, config and log in a folder of the run's scratch folder. Every start uses the
+/// same port and the same persistence file. Killed (SIGKILL) when dropped.
+#[derive(Debug)]
+pub(crate) struct Mosquitto {
+    port: u16,
+    dir: PathBuf,
+    process: Option<std::process::Child>,
+}
+
+impl Mosquitto {
+    /// Whether [`MOSQUITTO`] is installed; prints why a scenario skips when it is not.
+    pub(crate) fn available() -> bool {
+        let there = Path::new(MOSQUITTO).is_file();
+        if !there {
+            println!("skipped: {MOSQUITTO} is not installed (Debian package mosquitto)");
+        }
+        there
+    }
+
+    /// Writes the config into `dir` and starts the broker on a free port.
+    async fn start(dir: &Path) -> Self {
+        std::fs::create_dir_all(dir).expect("Mosquitto's folder");
+        let port = free_addr().port();
+        // As root Mosquitto drops to the `mosquitto` user unless told otherwise, and could
+        // then not write its folder; as any other user `user` has no effect.
+        let config = format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\nuser root\n\
+             persistence true\npersistence_location {}/\npersistence_file mosquitto.db\n\
+             autosave_interval {AUTOSAVE_S}\nlog_dest file {}\n\
+             log_type error\nlog_type warning\nlog_type notice\nlog_type information\n",
+            dir.display(),
+            dir.join("mosquitto.log").display()
+        );
+        std::fs::write(dir.join("mosquitto.conf"), config).expect("write mosquitto.conf");
+        let mut m = Self {
+            port,
+            dir: dir.to_owned(),
+            process: None,
+        };
+        m.spawn().await;
+        m
+    }
+
+    /// The persistence file.
+    fn persistence_file(&self) -> PathBuf {
+        self.dir.join("mosquitto.db")
+    }
+
+    /// Starts the broker with its config and waits until it accepts connections.
+    async fn spawn(&mut self) {
+        assert!(self.process.is_none(), "Mosquitto is already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("mosquitto.stderr"))
+            .expect("Mosquitto's stderr file");
+        let process = Command::new(MOSQUITTO)
+            .arg("-c")
+            .arg(self.dir.join("mosquitto.conf"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{MOSQUITTO} starts: {e}"));
+        self.process = Some(process);
+        accepting(SocketAddr::from(([127, 0, 0, 1], self.port))).await;
+    }
+
+    /// SIGTERM, and waits (on the blocking pool) for the exit status; SIGKILL and a panic
+    /// when that takes longer than the limit.
+    async fn stop(&mut self) -> ExitStatus {
+        let mut p = self.process.take().expect("Mosquitto is running");
+        let sent = Command::new("kill")
+            .args(["-TERM", &p.id().to_string()])
+            .status()
+            .expect("kill(1) runs");
+        assert!(sent.success(), "SIGTERM to Mosquitto");
+        tokio::task::spawn_blocking(move || {
+            let deadline = Instant::now() + LIMIT;
+            loop {
+                match p.try_wait() {
+                    Ok(Some(status)) => return status,
+                    Ok(None) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    _ => {
+                        let _ = p.kill();
+                        let _ = p.wait();
+                        panic!("Mosquitto did not stop within {LIMIT:?} of SIGTERM");
+                    }
+                }
+            }
+        })
+        .await
+        .expect("Mosquitto stops")
+    }
+
+    /// SIGKILL, and reaps it.
+    fn kill(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// The simulator's count of answered polls
+// ------------------------------------------------------------------------------------------
+
+/// Reasons of a reading whose request got no reply the gateway could use although it may have
+/// been sent, and answered late or cut (`PollError::reason`; `disconnected` also names a
+/// link that could not be opened, whose request was not sent).
+const TRANSPORT_FAILURES: [&str; 7] = [
+    "timeout",
+    "short reply",
+    "long reply",
+    "header mismatch",
+    "function code mismatch",
+    "invalid frame",
+    fivezero_gateway::poll::cycle::DISCONNECTED,
+];
+/// Reasons of a reading whose request was never sent.
+const NOT_SENT: [&str; 3] = [
+    fivezero_gateway::poll::cycle::MISCONFIGURED,
+    fivezero_gateway::poll::cycle::UNIT_OFFLINE,
+    "not polled",
+];
+
+/// Sequences declared as gaps and not stored: the cycles they held are out of sight.
+#[derive(Debug, Clone, Copy)]
+struct Hidden {
+    /// Such sequences (of any device).
+    seqs: u64,
+    /// Gap ranges declared (each may cut a cycle at either end).
+    ranges: u64,
+}
+
+/// The second, gateway-independent count of §B.8 for one device: the Modbus requests the
+/// simulator answered against the requests of the poll cycles the sink holds.
+///
+/// - **Committed polls** are counted from the stored readings, which are every committed
+///   sequence but the declared gaps once `missing` is 0: a cycle holds one reading per due
+///   point in profile order and its readings take consecutive sequences, so the device's
+///   readings in sequence order are cut into cycles where the point order stops increasing.
+///   (A reading's `ts` is the receipt time of its own request's reply, so distinct times
+///   count requests that happened to land on different milliseconds, not cycles.) A cycle
+///   counts when it holds every point due in each cycle; one missing some lies at the edge of
+///   an evicted range and counts as hidden below.
+/// - **Requests per poll** come from the profile's block plan (`plan::plan`), the same planner
+///   the gateway runs, for the points due in every cycle (and, as the most, with every point
+///   due: points with a long interval of their own add requests in some cycles). Each
+///   committed cycle's own requests are `plan::plan` of the points it holds, so the count is
+///   exact whatever is due when.
+/// - A request of a committed cycle was **answered** when a reading of it came from a reply
+///   (a value, a "not available", an exception, a decoding failure), and **maybe sent** when
+///   answered or failed in transport (a timeout: the simulator may have answered late).
+///
+/// Checked by [`PollCount::assert_pass`], unless `skipped`:
+/// - committed ≤ answered: answered requests of committed cycles ≤ the simulator's count
+///   (the gateway never commits a reply the device did not give, nor one poll twice);
+/// - answered − committed ≤ allowance: the simulator's count ≤ the maybe-sent requests of
+///   committed cycles + `allowance` polls of the most requests each + the requests hidden in
+///   declared gaps (each unstored sequence one reading, a cycle at least one per point due in
+///   every cycle, plus two cut cycles per gap range, all charged to each device). The
+///   allowance is one poll per gateway kill and one for the poll in flight at the final stop:
+///   polls answered but not committed then are not yet obligations. A failpoint holds one
+///   thread of the gateway while its poller runs on, which a crash would not: the requests
+///   answered from the marker (at the latest) to the kill are allowed too
+///   ([`Pipeline::gateway_stderr_line`]).
+#[derive(Clone, Default)]
+pub(crate) struct PollCount {
+    /// The device.
+    pub(crate) device: String,
+    /// Requests the simulator answered (every incarnation of the gateway).
+    pub(crate) answered_requests: u64,
+    /// Requests of one poll with the points due in every cycle.
+    pub(crate) requests_per_poll: u64,
+    /// Requests of one poll with every point due.
+    pub(crate) requests_per_poll_max: u64,
+    /// Poll cycles among the committed (stored) readings.
+    pub(crate) committed_polls: u64,
+    /// Cycles stored in part only (at the edge of an evicted range), not counted above.
+    pub(crate) partial_polls: u64,
+    /// Requests of the committed cycles that the device answered.
+    pub(crate) committed_answered: u64,
+    /// Requests of the committed cycles that may have been sent.
+    pub(crate) committed_sent: u64,
+    /// Requests that may hide in declared gaps.
+    pub(crate) hidden_requests: u64,
+    /// Polls allowed in flight: gateway kills + 1.
+    pub(crate) allowance: u64,
+    /// Requests answered while a failpoint held the gateway (measured: from the last look
+    /// at its stderr without the marker to the kill), also allowed.
+    pub(crate) halted_requests: u64,
+    /// Why the count is not checked, if it is not.
+    pub(crate) skipped: Option<&'static str>,
+}
+
+/// Where a request of a committed cycle got, as its readings tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Outcome {
+    NotSent,
+    MaybeSent,
+    Answered,
+}
+
+impl Outcome {
+    fn of(r: &Reading) -> Self {
+        match r.reason.as_deref() {
+            _ if r.quality == Quality::Good => Self::Answered,
+            Some(why) if NOT_SENT.contains(&why) => Self::NotSent,
+            Some(why) if TRANSPORT_FAILURES.contains(&why) => Self::MaybeSent,
+            _ => Self::Answered,
+        }
+    }
+}
+
+impl PollCount {
+    /// The requests per poll of a device with `profile` polled every `interval`, and the
+    /// committed figures of its committed `readings` (in sequence order); the rest is left
+    /// at zero.
+    fn committed(
+        profile: &Profile,
+        interval: Duration,
+        readings: &[&Reading],
+        hidden: Hidden,
+    ) -> Self {
+        let every: Vec<usize> = profile.reading_points().collect();
+        let base: Vec<usize> = every
+            .iter()
+            .copied()
+            .filter(|&i| profile.points[i].interval.is_none_or(|own| own <= interval))
+            .collect();
+        let mut count = Self {
+            requests_per_poll: plan::plan(profile, &base).len() as u64,
+            requests_per_poll_max: plan::plan(profile, &every).len() as u64,
+            ..Self::default()
+        };
+        let mut plans: BTreeMap<Vec<usize>, Vec<ReadRequest>> = BTreeMap::new();
+        for cycle in cycles(profile, readings) {
+            if !base.iter().all(|i| cycle.contains_key(i)) {
+                count.partial_polls += 1;
+                continue;
+            }
+            let due: Vec<usize> = cycle.keys().copied().collect();
+            let requests = plans
+                .entry(due)
+                .or_insert_with_key(|due| plan::plan(profile, due));
+            let (answered, sent) = tally(requests, &cycle);
+            count.committed_polls += 1;
+            count.committed_answered += answered;
+            count.committed_sent += sent;
+        }
+        if hidden.seqs > 0 {
+            let cycles = hidden.seqs.div_ceil(base.len().max(1) as u64) + 2 * hidden.ranges;
+            count.hidden_requests = cycles * count.requests_per_poll_max;
+        }
+        count
+    }
+
+    /// Polls the simulator answered, in polls of [`PollCount::requests_per_poll`].
+    pub(crate) fn answered_polls(&self) -> f64 {
+        self.answered_requests as f64 / self.requests_per_poll.max(1) as f64
+    }
+
+    /// Polls answered and not committed (in polls of [`PollCount::requests_per_poll`]).
+    pub(crate) fn in_flight(&self) -> f64 {
+        (self.answered_requests as f64 - self.committed_sent as f64)
+            / self.requests_per_poll.max(1) as f64
+    }
+
+    /// Asserts committed ≤ answered and answered − committed ≤ allowance (see [`PollCount`]).
+    pub(crate) fn assert_pass(&self, name: &str) {
+        if let Err(e) = self.check() {
+            panic!("{name}: {e}");
+        }
+    }
+
+    /// What [`PollCount::assert_pass`] asserts: the first check that fails, if any.
+    fn check(&self) -> Result<(), String> {
+        if self.skipped.is_some() {
+            return Ok(());
+        }
+        if self.committed_polls == 0 {
+            return Err(format!("no committed poll: {self:?}"));
+        }
+        if self.committed_answered > self.answered_requests {
+            return Err(format!(
+                "the sink holds replies to more requests than the simulator answered: {self:?}"
+            ));
+        }
+        let allowed = self.committed_sent
+            + self.hidden_requests
+            + self.halted_requests
+            + self.allowance * self.requests_per_poll_max;
+        if self.answered_requests > allowed {
+            return Err(format!(
+                "more polls answered and not committed than in flight at the kills and the \
+                 stop: {self:?}"
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for PollCount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: answered {} requests = {:.1} polls of {}",
+            self.device,
+            self.answered_requests,
+            self.answered_polls(),
+            self.requests_per_poll
+        )?;
+        if self.requests_per_poll_max != self.requests_per_poll {
+            write!(f, " (up to {})", self.requests_per_poll_max)?;
+        }
+        write!(
+            f,
+            ", committed {} polls ({} requests answered, {} maybe sent)",
+            self.committed_polls, self.committed_answered, self.committed_sent
+        )?;
+        if self.partial_polls > 0 || self.hidden_requests > 0 {
+            write!(
+                f,
+                " + {} partly stored, up to {} requests hidden in gaps",
+                self.partial_polls, self.hidden_requests
+            )?;
+        }
+        write!(
+            f,
+            ", not committed {:.1} polls, allowed {}",
+            self.in_flight(),
+            self.allowance
+        )?;
+        if self.halted_requests > 0 {
+            write!(
+                f,
+                " + {} requests answered while halted at a failpoint",
+                self.halted_requests
+            )?;
+        }
+        match self.skipped {
+            Some(why) => write!(f, " (not checked: {why})"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A device's committed readings (in sequence order) cut into poll cycles, each as point
+/// index → reading. A cycle's readings are one per due point in profile order, so a reading
+/// whose point does not come after the previous one's starts the next cycle. A metric served
+/// by several points takes the first of them after the previous point.
+fn cycles<'a>(profile: &Profile, readings: &[&'a Reading]) -> Vec<BTreeMap<usize, &'a Reading>> {
+    let mut points: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for i in profile.reading_points() {
+        if let Some(m) = profile.points[i].metric {
+            points.entry(m.id).or_default().push(i);
+        }
+    }
+    let mut out: Vec<BTreeMap<usize, &Reading>> = Vec::new();
+    let mut last: Option<usize> = None;
+    for &r in readings {
+        let Some(candidates) = points.get(r.metric.as_str()) else {
+            continue; // Not the profile's: counted as corrupted.
+        };
+        let next = last.and_then(|l| candidates.iter().copied().find(|&i| i > l));
+        let i = match next {
+            Some(i) if !out.is_empty() => i,
+            _ => {
+                let Some(&first) = candidates.first() else {
+                    continue;
+                };
+                out.push(BTreeMap::new());
+                first
+            }
+        };
+        if let Some(cycle) = out.last_mut() {
+            cycle.insert(i, r);
+        }
+        last = Some(i);
+    }
+    out
+}
+
+/// Of the requests of one committed cycle: how many the device answered, and how many may
+/// have been sent. A request whose points are all helpers (no reading of its own) counts as
+/// sent when another request of the cycle was, and never as answered.
+fn tally(requests: &[ReadRequest], cycle: &BTreeMap<usize, &Reading>) -> (u64, u64) {
+    let (mut answered, mut sent, mut helpers) = (0, 0, 0);
+    for req in requests {
+        let outcome = req
+            .points
+            .iter()
+            .filter_map(|p| cycle.get(p))
+            .map(|r| Outcome::of(r))
+            .max();
+        match outcome {
+            None => helpers += 1,
+            Some(Outcome::Answered) => {
+                answered += 1;
+                sent += 1;
+            }
+            Some(Outcome::MaybeSent) => sent += 1,
+            Some(Outcome::NotSent) => {}
+        }
+    }
+    if sent > 0 {
+        sent += helpers;
+    }
+    (answered, sent)
+}
+
+/// The simulator's count of answered requests of every device polled.
+fn answered_requests(sim: &Sim, devices: &[DeviceConfig]) -> BTreeMap<String, u64> {
+    devices
+        .iter()
+        .map(|d| {
+            let n = sim
+                .served_requests(&d.name)
+                .expect("a device of the scenario");
+            (d.name.to_string(), n)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An inverter whose plan has three requests (the temperature's scale factor is too far
+    /// away to be read with it, so one request holds a helper point only) and a fourth, once
+    /// an hour, for its serial number.
+    fn profile() -> Profile {
+        fivezero_profiles::load_str(
+            Path::new("acme-inv.toml"),
+            r#"
+[device]
+manufacturer = "Acme"
+model = "Inv"
+category = "pv_inverter"
+source = "test"
+
+[modbus]
+max_registers = 4
+
+[[point]]
+name = "W"
+metric = "pv.ac_power"
+table = "holding"
+address = 0
+type = "i16"
+unit = "W"
+scale_factor = "W_SF"
+
+[[point]]
+name = "W_SF"
+table = "holding"
+address = 1
+type = "i16"
+
+[[point]]
+name = "WH"
+metric = "pv.energy"
+table = "holding"
+address = 2
+type = "u32"
+unit = "Wh"
+
+[[point]]
+name = "Tmp"
+metric = "pv.cabinet_temperature"
+table = "holding"
+address = 20
+type = "i16"
+unit = "°C"
+scale_factor = "Tmp_SF"
+
+[[point]]
+name = "Tmp_SF"
+table = "holding"
+address = 30
+type = "i16"
+
+[[point]]
+name = "SN"
+metric = "device.serial_number"
+table = "holding"
+address = 50
+type = "string"
+length = 2
+interval = "1h"
+"#,
+        )
+        .expect("the test profile is valid")
+    }
+
+    fn reading(metric: &str, why: Option<&str>) -> Reading {
+        Reading {
+            ts: 1_000,
+            device: "inv".into(),
+            metric: metric.into(),
+            value: why.is_none().then_some(Value::Number(1.0)),
+            quality: if why.is_none() {
+                Quality::Good
+            } else {
+                Quality::Error
+            },
+            reason: why.map(str::to_owned),
+        }
+    }
+
+    /// A cut cycle, then: all good; all good with the hourly point; a timeout at the second
+    /// request (the third is not sent); the unit offline (nothing sent).
+    fn readings() -> Vec<Reading> {
+        let (w, wh, tmp, sn) = (
+            "pv.ac_power",
+            "pv.energy",
+            "pv.cabinet_temperature",
+            "device.serial_number",
+        );
+        let offline = Some("unit offline");
+        vec![
+            reading(wh, None),
+            reading(tmp, None),
+            reading(w, None),
+            reading(wh, None),
+            reading(tmp, None),
+            reading(w, None),
+            reading(wh, None),
+            reading(tmp, None),
+            reading(sn, None),
+            reading(w, None),
+            reading(wh, None),
+            reading(tmp, Some("timeout")),
+            reading(w, offline),
+            reading(wh, offline),
+            reading(tmp, offline),
+        ]
+    }
+
+    fn counted() -> PollCount {
+        let profile = profile();
+        let rows = readings();
+        let refs: Vec<&Reading> = rows.iter().collect();
+        let none = Hidden { seqs: 0, ranges: 0 };
+        PollCount {
+            device: "inv".into(),
+            allowance: 1,
+            ..PollCount::committed(&profile, Duration::from_millis(200), &refs, none)
+        }
+    }
+
+    #[test]
+    fn committed_cycles_and_their_requests_are_counted_from_the_plan() {
+        let c = counted();
+        assert_eq!((c.requests_per_poll, c.requests_per_poll_max), (3, 4));
+        assert_eq!((c.committed_polls, c.partial_polls), (4, 1));
+        // Answered: 2 + 3 + 1 + 0; maybe sent: 3 + 4 + 3 (the helper's request counts with
+        // the cycle) + 0.
+        assert_eq!((c.committed_answered, c.committed_sent), (6, 10));
+    }
+
+    #[test]
+    fn answered_polls_within_the_allowance_pass() {
+        let mut c = counted();
+        c.answered_requests = 10 + 4;
+        assert_eq!(c.check(), Ok(()));
+        c.answered_requests = 6;
+        assert_eq!(c.check(), Ok(()));
+        // Requests answered while a failpoint held the gateway widen the allowance.
+        c.answered_requests = 10 + 4 + 2;
+        c.halted_requests = 2;
+        assert_eq!(c.check(), Ok(()));
+    }
+
+    #[test]
+    fn more_answered_polls_than_in_flight_fail() {
+        let mut c = counted();
+        c.answered_requests = 10 + 4 + 1;
+        let e = c.check().expect_err("one request too many");
+        assert!(e.contains("more polls answered and not committed"), "{e}");
+        c.skipped = Some("test");
+        assert_eq!(c.check(), Ok(()), "not checked when skipped");
+    }
+
+    #[test]
+    fn committed_replies_the_simulator_did_not_give_fail() {
+        let mut c = counted();
+        c.answered_requests = 5;
+        let e = c.check().expect_err("one reply made up");
+        assert!(e.contains("replies to more requests than"), "{e}");
+    }
+
+    #[test]
+    fn evicted_sequences_widen_the_allowance() {
+        let profile = profile();
+        let rows = readings();
+        let refs: Vec<&Reading> = rows.iter().collect();
+        let gaps = Hidden { seqs: 7, ranges: 1 };
+        let c = PollCount::committed(&profile, Duration::from_millis(200), &refs, gaps);
+        // ⌈7 / 3 readings a cycle⌉ + 2 cut cycles, of 4 requests at most.
+        assert_eq!(c.hidden_requests, (3 + 2) * 4);
     }
 }
