@@ -38,10 +38,10 @@ async fn scenario(name: &str, faults: &[(Duration, Duration)]) {
     }
     let healed = now_ms();
     let live = p.fresh_after(healed).await;
-    assert!(live <= LIVENESS, "{name}: liveness {live:?}");
     let stored = p.stored();
+    println!("{name}: liveness {live:?}, {stored} items stored at that moment");
+    assert!(live <= LIVENESS, "{name}: liveness {live:?}");
     let report = p.finish().await;
-    println!("{name}: liveness {live:?}, {stored} items stored before the stop");
     report.assert_pass(name);
 }
 
