@@ -1109,9 +1109,9 @@ mod tests {
         assert_eq!(s.broker_acked(E1, 1, 0), None);
     }
 
-    #[test]
-    fn old_streams_are_drained_first_and_after_restarts_with_the_next_stream() {
-        let mut s = State::new(
+    /// An old stream (E1) with 10 sequences in two rows, and a new, empty current one (E2).
+    fn old_stream_of_ten_and_a_new_one() -> State {
+        State::new(
             RetainUntil::BrokerAck,
             Budget {
                 max_bytes: 10_000,
@@ -1121,7 +1121,12 @@ mod tests {
             vec![loaded(1, E1, 11, &[(1, 5), (6, 10)])],
             Totals::default(),
             None,
-        );
+        )
+    }
+
+    #[test]
+    fn old_streams_are_drained_first_and_after_restarts_with_the_next_stream() {
+        let mut s = old_stream_of_ten_and_a_new_one();
         append(&mut s, 3, 4, Kind::Readings);
         assert_eq!(s.pending_scan(Lane::backlog(0)), Some((1, E1, 1, 10)));
         s.on_served(1, 10);
@@ -1148,17 +1153,7 @@ mod tests {
 
     #[test]
     fn the_live_lane_reads_the_current_stream_while_the_backlog_drains_an_old_one() {
-        let mut s = State::new(
-            RetainUntil::BrokerAck,
-            Budget {
-                max_bytes: 10_000,
-                max_age_ms: 1_000,
-            },
-            loaded(2, E2, 1, &[]),
-            vec![loaded(1, E1, 11, &[(1, 5), (6, 10)])],
-            Totals::default(),
-            None,
-        );
+        let mut s = old_stream_of_ten_and_a_new_one();
         append(&mut s, 3, 8, Kind::Readings);
         let split = Some((E2, 5));
         // The live lane reads the current stream above the split, whatever older streams hold
