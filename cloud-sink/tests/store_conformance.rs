@@ -4,9 +4,14 @@
 //! Without the variable the PostgreSQL half prints "skipped: FIVEZERO_TEST_POSTGRES not set"
 //! and passes.
 
+#[path = "common/both_stores.rs"]
+#[macro_use]
+mod both_stores;
+
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use both_stores::{postgres_url, scratch};
 use fivezero_model::wire::{
     Batch, BufferState, Epoch, Gap, GapReason, KpiBatch, KpiQuality, KpiRecord, Period, Presence,
     Quality, Reading, SCHEMA_VERSION, Status, StreamAck, TierOutcome, TierStatus, Value, Window,
@@ -534,57 +539,7 @@ async fn the_schema_is_at_the_latest_version<S: Store>(s: S) {
 // Backends
 // ------------------------------------------------------------------------------------------
 
-fn scratch(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "fivezero-sink-conf-{}-{name}-{:08x}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn postgres_url() -> Option<String> {
-    std::env::var("FIVEZERO_TEST_POSTGRES")
-        .ok()
-        .filter(|u| !u.is_empty())
-}
-
-macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let dir = super::scratch(stringify!($name));
-                    let store = super::SqliteStore::open(&dir.join("sink.db")).await.unwrap();
-                    super::$name(store).await;
-                    let _ = std::fs::remove_dir_all(&dir);
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let Some(url) = super::postgres_url() else {
-                        println!("skipped: FIVEZERO_TEST_POSTGRES not set");
-                        return;
-                    };
-                    let schema = format!("fz_test_{:016x}", rand::random::<u64>());
-                    let store = super::PgStore::open(&url, Some(&schema)).await.unwrap();
-                    let outcome = tokio::spawn(super::$name(store)).await;
-                    super::PgStore::drop_schema(&url, &schema).await.unwrap();
-                    if let Err(e) = outcome {
-                        std::panic::resume_unwind(e.into_panic());
-                    }
-                }
-            )*
-        }
-    };
-}
-
-conformance!(
+both_stores!(
     a_new_batch_is_stored_and_advances_the_watermark,
     the_same_batch_again_is_a_duplicate_and_changes_nothing,
     different_content_at_stored_sequences_is_quarantined_and_changes_nothing,

@@ -7,8 +7,13 @@
 //! afterwards) when `FIVEZERO_TEST_POSTGRES` names a server; without it the PostgreSQL half
 //! prints "skipped: FIVEZERO_TEST_POSTGRES not set" and passes.
 
+#[path = "common/both_stores.rs"]
+#[macro_use]
+mod both_stores;
+
 use std::sync::Arc;
 
+use both_stores::{postgres_url, scratch};
 use fivezero_model::wire::{
     Batch, Epoch, Gap, GapReason, Quality, Reading, SCHEMA_VERSION, StreamAck, Value,
 };
@@ -158,56 +163,6 @@ async fn a_hole_right_after_the_watermark_holds_it_while_the_live_lane_runs_ahea
         (c.outcome, c.acks),
         (Outcome::Duplicate { items: 1 }, ack(1101))
     );
-}
-
-fn scratch(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "fivezero-sink-wmscan-{}-{name}-{:08x}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn postgres_url() -> Option<String> {
-    std::env::var("FIVEZERO_TEST_POSTGRES")
-        .ok()
-        .filter(|u| !u.is_empty())
-}
-
-macro_rules! both_stores {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let dir = super::scratch(stringify!($name));
-                    let store = super::SqliteStore::open(&dir.join("sink.db")).await.unwrap();
-                    super::$name(store).await;
-                    let _ = std::fs::remove_dir_all(&dir);
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let Some(url) = super::postgres_url() else {
-                        println!("skipped: FIVEZERO_TEST_POSTGRES not set");
-                        return;
-                    };
-                    let schema = format!("fz_test_{:016x}", rand::random::<u64>());
-                    let store = super::PgStore::open(&url, Some(&schema)).await.unwrap();
-                    let outcome = tokio::spawn(super::$name(store)).await;
-                    super::PgStore::drop_schema(&url, &schema).await.unwrap();
-                    if let Err(e) = outcome {
-                        std::panic::resume_unwind(e.into_panic());
-                    }
-                }
-            )*
-        }
-    };
 }
 
 both_stores!(
