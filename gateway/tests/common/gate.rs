@@ -29,7 +29,7 @@
 //! | [`Toxic::ResetPeer`] | aborts each connection with RST both ways (`SO_LINGER` 0) `every` after it started or the toxic was set; new connections are still accepted |
 //! | [`Toxic::LimitData`] | cuts each connection once `bytes` have passed (both ways together, counted from its start or the toxic's setting), mid-message: the chunk that crosses the limit goes out only up to it |
 //!
-//! Jitter and slice sizes come from splitmix64 seeded with the gate's seed ([`DEFAULT_SEED`],
+//! Jitter and slice sizes come from rand's `StdRng` seeded with the gate's seed ([`DEFAULT_SEED`],
 //! or [`Gate::set_seed`]), the connection's number and the direction, so a run's draws are
 //! the same from run to run (which chunk gets which draw depends on how reads split).
 //!
@@ -53,6 +53,9 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng as _, SeedableRng as _};
 
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
@@ -171,7 +174,7 @@ impl Gate {
                     }
                     links.retain(|t| !t.is_finished());
                     number += 1;
-                    let link_seed = seed.load(Ordering::SeqCst) ^ number.wrapping_mul(GOLDEN);
+                    let link_seed = seed.load(Ordering::SeqCst).wrapping_add(number << 2);
                     let watching = watching.clone();
                     links.push(tokio::spawn(async move {
                         carry(&mut client, &mut server, watching, link_seed).await;
@@ -349,7 +352,7 @@ where
             }
         }
     };
-    let write = write_out(rx, dst, setting, budget, SplitMix64(seed));
+    let write = write_out(rx, dst, setting, budget, Draws::new(seed));
     tokio::try_join!(read, write).map(|_| ())
 }
 
@@ -366,7 +369,7 @@ async fn write_out<W>(
     dst: &mut W,
     setting: watch::Receiver<Setting>,
     budget: &Budget,
-    mut rng: SplitMix64,
+    mut rng: Draws,
 ) -> io::Result<()>
 where
     W: AsyncWrite + Unpin,
@@ -512,30 +515,20 @@ impl Budget {
     }
 }
 
-/// 2^64 / φ, splitmix64's increment.
-const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
-
-/// splitmix64: a small deterministic generator for jitter and slice sizes.
+/// Seeded draws for jitter and slice sizes (rand's `StdRng`, so a seed gives the same draws
+/// from run to run).
 #[derive(Debug)]
-struct SplitMix64(u64);
+struct Draws(StdRng);
 
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(GOLDEN);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+impl Draws {
+    fn new(seed: u64) -> Self {
+        Self(StdRng::seed_from_u64(seed))
     }
 
     /// Uniform in `mid - spread ..= mid + spread` (floored at 0).
     fn around_u64(&mut self, mid: u64, spread: u64) -> u64 {
-        let low = mid.saturating_sub(spread);
-        let high = mid.saturating_add(spread);
-        match (high - low).checked_add(1) {
-            Some(span) => low + self.next() % span,
-            None => self.next(),
-        }
+        self.0
+            .random_range(mid.saturating_sub(spread)..=mid.saturating_add(spread))
     }
 
     /// [`Self::around_u64`] in microseconds.
@@ -555,7 +548,7 @@ impl SplitMix64 {
 mod tests {
     use std::time::Duration;
 
-    use super::{Budget, SplitMix64};
+    use super::{Budget, Draws};
 
     #[test]
     fn limit_data_cuts_at_the_limit_mid_chunk_and_counts_afresh_after_a_new_setting() {
@@ -574,7 +567,7 @@ mod tests {
     fn jitter_stays_in_its_range_and_repeats_from_the_seed() {
         let (mid, spread) = (Duration::from_millis(500), Duration::from_millis(250));
         let draws = |seed| {
-            let mut rng = SplitMix64(seed);
+            let mut rng = Draws::new(seed);
             (0..1000)
                 .map(|_| rng.around(mid, spread))
                 .collect::<Vec<_>>()
@@ -587,11 +580,11 @@ mod tests {
         assert!(
             low < Some(&Duration::from_millis(300)) && high > Some(&Duration::from_millis(700))
         );
-        let mut rng = SplitMix64(7);
+        let mut rng = Draws::new(7);
         assert!((0..1000).all(|_| (8..=24).contains(&rng.around_size(16, 8))));
         assert_eq!(
-            SplitMix64(1).around_size(3, 8),
-            SplitMix64(1).around_size(3, 8)
+            Draws::new(1).around_size(3, 8),
+            Draws::new(1).around_size(3, 8)
         );
         assert!(
             (0..100).all(|_| rng.around_size(3, 8) <= 11),
