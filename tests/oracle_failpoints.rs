@@ -157,14 +157,7 @@ impl BufferView {
         if !path.exists() {
             return None;
         }
-        let c = rusqlite::Connection::open(path)
-            .and_then(|c| {
-                c.set_db_config(
-                    rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
-                    true,
-                )?;
-                Ok(c)
-            })
+        let c = pipeline::open_to_inspect(path)
             .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
         Some(Self::query(&c).unwrap_or_else(|e| panic!("read {}: {e}", path.display())))
     }

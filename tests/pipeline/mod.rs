@@ -1214,7 +1214,7 @@ impl Drop for Pipeline {
 
 /// Opens a SQLite file for a look that leaves it as found: closing the connection does not
 /// checkpoint the WAL, so a gateway restarted after a kill still recovers its own WAL.
-fn open_to_inspect(path: &Path) -> rusqlite::Result<rusqlite::Connection> {
+pub(crate) fn open_to_inspect(path: &Path) -> rusqlite::Result<rusqlite::Connection> {
     let c = rusqlite::Connection::open(path)?;
     c.set_db_config(
         rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
